@@ -1,0 +1,21 @@
+import pytest
+import torch
+
+from torchrl_elmur import ELMURBackbone, ELMURConfig
+
+
+def make_backbone(dtype=torch.float64, weight_std=0.3, seed=0, **config) -> ELMURBackbone:
+    """A small backbone in eval mode with large random weights (so that every path matters)."""
+    torch.manual_seed(seed)
+    base = dict(d_model=16, num_layers=2, num_heads=2, memory_slots=2, segment_len=3, input_size=5,
+                memory_init_std=0.1, max_time_gap=8)
+    net = ELMURBackbone(ELMURConfig(**{**base, **config})).to(dtype).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, weight_std)
+    return net
+
+
+@pytest.fixture
+def backbone_factory():
+    return make_backbone

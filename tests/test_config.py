@@ -1,0 +1,66 @@
+import re
+
+import pytest
+
+from torchrl_elmur import ELMURConfig
+
+
+class TestErrs:
+    @pytest.mark.parametrize(
+        "field, value, allowed",
+        [
+            ("d_model", 10, "a multiple of num_heads=4"),
+            ("segment_len", 0, "an int >= 1"),
+            ("memory_slots", 0, "an int >= 1"),
+            ("num_layers", 1.5, "an int >= 1"),
+            ("lru_blend", 1.2, "a float in [0, 1]"),
+            ("lru_blend", -0.1, "a float in [0, 1]"),
+            ("dropout", 1.0, "a float in [0, 1)"),
+            ("norm", "batchnorm", "one of ('layernorm', 'rmsnorm')"),
+            ("norm_position", "middle", "one of ('post', 'pre')"),
+            ("write_rule", "fifo", "one of ('paper', 'official', 'replace_all')"),
+            ("memory_init_std", -1.0, "a float >= 0"),
+            ("input_size", 0, "None or an int >= 1"),
+        ],
+    )
+    def test_invalid_field_names_field_value_and_allowed(self, field, value, allowed):
+        kwargs = {"num_heads": 4, field: value}
+        with pytest.raises(ValueError, match=re.escape(f"ELMURConfig.{field}={value!r} is invalid: expected {allowed}")):
+            ELMURConfig(**kwargs)
+
+    def test_unknown_option_raises(self):
+        with pytest.raises(TypeError, match="unexpected keyword argument 'memory_size'"):
+            ELMURConfig(memory_size=4)
+        with pytest.raises(TypeError):
+            ELMURConfig().replace(window=3)
+
+
+def test_defaults_and_derived():
+    c = ELMURConfig()
+    assert (c.d_model, c.num_layers, c.num_heads, c.memory_slots, c.segment_len) == (128, 2, 2, 2, 10)
+    assert c.write_rule == "paper" and c.norm_position == "post" and c.norm == "layernorm"
+    assert c.detach_memory is True and c.max_time_gap == 1024
+    assert c.head_dim == 64 and c.ff_dim == 512 and c.token_size == 128
+    assert ELMURConfig(input_size=7).token_size == 7
+
+
+@pytest.mark.parametrize(
+    "preset, expected",
+    [  # ../shared/ELMUR.md section 5: (D, L, H, M, K, lambda, sigma, norm)
+        (ELMURConfig.tmaze, (128, 2, 2, 2, 10, 0.79, 0.001, "layernorm")),
+        (ELMURConfig.popgym, (64, 12, 4, 8, 35, 0.79, 0.0, "rmsnorm")),
+        (ELMURConfig.mikasa_remember_color, (128, 4, 16, 256, 20, 0.41, 0.1, "layernorm")),
+        (ELMURConfig.mikasa_take_it_back, (32, 2, 16, 32, 60, 0.19, 0.001, "layernorm")),
+    ],
+)
+def test_published_presets(preset, expected):
+    c = preset()
+    got = (c.d_model, c.num_layers, c.num_heads, c.memory_slots, c.segment_len, c.lru_blend, c.memory_init_std, c.norm)
+    assert got == expected
+    assert c.norm_position == "post" and c.norm_eps == 1e-8
+    assert preset(segment_len=5).segment_len == 5
+
+
+def test_tmaze_dropouts():
+    c = ELMURConfig.tmaze()
+    assert (c.dropout, c.attn_dropout) == (0.10, 0.17)

@@ -1,0 +1,262 @@
+"""The ELMUR backbone: L layers with layer memory, and its two exact execution paths.
+
+Glossary: B batch, T time steps in a call, K segment length, L layers, M slots, D width,
+p = position in the current segment (``step % K``).
+
+- :meth:`ELMURBackbone.forward` (sequence path, training): ``[B, T]`` tokens from any state,
+  even mid-segment and with a different phase per row. Rows are shifted on a segment-aligned
+  timeline (row ``b``'s token ``t`` sits at slot ``p_b + t``; the slots before hold its cached
+  tokens), processed one segment-chunk at a time with full causal attention, and memory is
+  committed at every segment boundary a row crosses.
+- :meth:`ELMURBackbone.step` (streaming path, inference): one token per call; cost O(K + M)
+  attention per layer, independent of the episode step.
+- :func:`torchrl_elmur.core.reference.window_recompute` is the slow reference both are tested
+  against.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import ELMURConfig
+from .attention import merge_heads, split_heads
+from .layer import ELMURLayer, make_norm
+from .lru import lru_commit
+from .state import CACHE_KEY, CACHE_OUTPUT, CACHE_VALUE, ELMURState
+
+
+class ELMURBackbone(nn.Module):
+    """External Layer Memory with Update/Rewrite, pure torch (no TensorDict).
+
+    Args:
+        config: an :class:`ELMURConfig`.
+
+    Shapes: tokens ``[B, T, config.token_size]`` (sequence) or ``[B, token_size]`` (step);
+    outputs ``[B, T, D]`` / ``[B, D]``; state: :class:`ELMURState`.
+
+    .. note:: With ``config.detach_memory=True`` (the default, as published) memory committed at a
+        segment boundary carries no gradient: later segments train the read, not the write of
+        earlier ones. Use ``detach_memory=False`` to backpropagate through memory across all
+        segments of one call.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> net = ELMURBackbone(ELMURConfig(d_model=16, num_heads=2, segment_len=3, input_size=5)).eval()
+        >>> x = torch.randn(4, 7, 5)                   # [B, T, input_size]
+        >>> y, state = net(x)                           # sequence path from a fresh state
+        >>> y.shape, state.memory.shape, state.step.tolist()
+        (torch.Size([4, 7, 16]), torch.Size([4, 2, 2, 16]), [7, 7, 7, 7])
+        >>> s = net.initial_state(4)
+        >>> ys = []
+        >>> for t in range(7):                          # streaming path, one step at a time
+        ...     y_t, s = net.step(x[:, t], s)
+        ...     ys.append(y_t)
+        >>> torch.allclose(torch.stack(ys, 1), y, atol=1e-5)
+        True
+    """
+
+    def __init__(self, config: ELMURConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ELMURConfig):
+            raise TypeError(f"ELMURBackbone: expected an ELMURConfig, received {type(config).__name__}.")
+        self.config = config
+        c = config
+        self.in_proj = nn.Linear(c.token_size, c.d_model) if c.token_size != c.d_model else nn.Identity()
+        self.layers = nn.ModuleList(ELMURLayer(c) for _ in range(c.num_layers))
+        # Transformer-XL content (u) and position (v) biases, shared by all layers
+        self.u = nn.Parameter(torch.zeros(c.num_heads, c.head_dim))
+        self.v = nn.Parameter(torch.zeros(c.num_heads, c.head_dim))
+        self.final_norm = make_norm(c) if c.norm_position == "pre" else nn.Identity()
+        # what empty slots show to reads and writes: drawn once, saved with the weights
+        self.register_buffer("memory_init", torch.randn(c.num_layers, c.memory_slots, c.d_model) * c.memory_init_std)
+
+    # ------------------------------------------------------------------ state helpers
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.memory_init.dtype
+
+    def initial_state(self, batch: int) -> ELMURState:
+        """The fresh-episode (all zeros) state for ``batch`` rows, on this module's device/dtype."""
+        return ELMURState.zeros(self.config, batch, dtype=self.dtype, device=self.memory_init.device)
+
+    def memory_view(self, memory: Tensor, memory_time: Tensor, layer: int) -> Tensor:
+        """Slot vectors of one layer as reads and writes see them ``[B, M, D]``: the stored vector,
+        or the fixed initial vector in empty slots."""
+        empty = (memory_time == 0).unsqueeze(-1)
+        return torch.where(empty, self.memory_init[layer].to(memory.dtype), memory)
+
+    def commit_segment(
+        self, memory: Tensor, memory_time: Tensor, outputs: list[Tensor], tok_stamp: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Write one complete segment into every layer's memory (the LRU rule).
+
+        Args:
+            memory: ``[B, L, M, D]``; memory_time: ``[B, L, M]``.
+            outputs: per layer, the token outputs of the whole segment ``[B, K, D]``.
+            tok_stamp: int64 ``[B, K]`` = 1 + episode step of each token of the segment.
+
+        Returns:
+            ``(memory, memory_time)`` after the commit.
+        """
+        c = self.config
+        new_memory, new_time = [], []
+        for i, layer in enumerate(self.layers):
+            mem = self.memory_view(memory[:, i], memory_time[:, i], i)
+            candidate = layer.write_candidates(mem, memory_time[:, i], outputs[i], tok_stamp)
+            m, t = lru_commit(mem, memory_time[:, i], candidate, tok_stamp[:, -1], c.lru_blend, c.write_rule)
+            new_memory.append(m)
+            new_time.append(t)
+        memory = torch.stack(new_memory, 1)
+        return (memory.detach() if c.detach_memory else memory), torch.stack(new_time, 1)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_tokens(self, x: Tensor, ndim: int, what: str) -> None:
+        expected = "[B, T, F]" if ndim == 3 else "[B, F]"
+        if not isinstance(x, Tensor):
+            raise TypeError(f"ELMURBackbone.{what}: tokens must be a Tensor, received {type(x).__name__}.")
+        if not x.is_floating_point():
+            raise TypeError(f"ELMURBackbone.{what}: tokens must be floating point, received dtype {x.dtype}.")
+        if x.ndim != ndim or x.shape[-1] != self.config.token_size:
+            raise ValueError(
+                f"ELMURBackbone.{what}: tokens must have shape {expected} with F={self.config.token_size}, "
+                f"received shape {list(x.shape)}."
+            )
+
+    def _prepare(self, x: Tensor, state: ELMURState | None, what: str) -> ELMURState:
+        if state is None:
+            return self.initial_state(x.shape[0])
+        if not isinstance(state, ELMURState):
+            raise TypeError(f"ELMURBackbone.{what}: state must be an ELMURState, received {type(state).__name__}.")
+        state.validate(self.config, x.shape[0], self.dtype)
+        return state
+
+    # ------------------------------------------------------------------ streaming path
+    def step(self, x: Tensor, state: ELMURState | None = None) -> tuple[Tensor, ELMURState]:
+        """Process one token per row.
+
+        Args:
+            x: ``[B, token_size]``.
+            state: the state before this token (``None``: fresh). Rows may be at different steps.
+
+        Returns:
+            ``(y [B, D], next_state)``. The input state is not modified.
+        """
+        self._check_tokens(x, 2, "step")
+        state = self._prepare(x, state, "step")
+        K, H = self.config.segment_len, self.config.num_heads
+        h = self.in_proj(x).unsqueeze(1)  # [B, 1, D]
+        p = state.step % K  # [B]
+        pos = torch.arange(K, device=x.device)
+        cache_valid = pos < p[:, None]  # [B, K]: slots of this segment's earlier tokens
+        new_valid = torch.ones_like(p, dtype=torch.bool)[:, None]  # [B, 1]
+        tok_stamp = (state.step + 1)[:, None]  # [B, 1]
+        memory, memory_time = state.memory, state.memory_time
+        new_entries = []  # per layer: this token's key, value and output
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.project(h)  # [B, 1, D] each
+            k, v = split_heads(k, H), split_heads(v, H)  # [B, H, 1, d]
+            blocks = [
+                (state.cache[:, i, CACHE_KEY], state.cache[:, i, CACHE_VALUE], pos, cache_valid),
+                (k, v, p[:, None], new_valid),
+            ]
+            h = layer.token_output(
+                h, q, p[:, None], blocks, self.u, self.v,
+                self.memory_view(memory[:, i], memory_time[:, i], i), tok_stamp, memory_time[:, i],
+            )
+            new_entries.append(torch.stack([k, v, split_heads(h, H)], 1)[:, :, :, 0])  # [B, 3, H, d]
+        # the next state's cache: one copy of the input cache plus the new token at slot p
+        cache = state.cache.clone()
+        cache[torch.arange(x.shape[0], device=x.device), :, :, :, p] = torch.stack(new_entries, 1)  # [B, L, 3, H, d]
+
+        done = p == K - 1  # rows whose segment is now complete
+        if bool(done.any()):
+            idx = done.nonzero().squeeze(-1)
+            seg_stamp = (state.step[idx] - p[idx] + 1)[:, None] + pos  # [b, K]
+            outs = [merge_heads(cache[idx, i, CACHE_OUTPUT]) for i in range(len(self.layers))]  # [b, K, D] each
+            mem, time = self.commit_segment(memory[idx], memory_time[idx], outs, seg_stamp)
+            memory = memory.index_copy(0, idx, mem)
+            memory_time = memory_time.index_copy(0, idx, time)
+            cache[idx] = 0.0  # the next segment starts with an empty cache
+        y = self.final_norm(h[:, 0])
+        return y, ELMURState(memory, memory_time, cache, state.step + 1)
+
+    # ------------------------------------------------------------------ sequence path
+    def forward(
+        self, x: Tensor, state: ELMURState | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, ELMURState]:
+        """Process ``T`` tokens per row, committing memory at every segment boundary crossed.
+
+        Args:
+            x: ``[B, T, token_size]``.
+            state: the state before ``x[:, 0]`` (``None``: fresh). May be mid-segment; rows may
+                be at different steps.
+            lengths: optional int ``[B]``: row ``b`` has ``lengths[b] <= T`` real tokens followed by
+                padding. Outputs at padded positions are unspecified; the returned state is the
+                one after each row's last real token.
+
+        Returns:
+            ``(y [B, T, D], state after the last real token of each row)``.
+        """
+        self._check_tokens(x, 3, "forward")
+        state = self._prepare(x, state, "forward")
+        B, T, _ = x.shape
+        K, D, H = self.config.segment_len, self.config.d_model, self.config.num_heads
+        if lengths is None:
+            lengths = torch.full((B,), T, dtype=torch.int64, device=x.device)
+        elif lengths.shape != (B,) or bool(((lengths < 0) | (lengths > T)).any()):
+            raise ValueError(f"ELMURBackbone.forward: lengths must be [B]={[B]} in [0, {T}], received {lengths.tolist()}.")
+        lengths = lengths.to(torch.int64)
+        p = state.step % K  # [B]
+        n_chunks = max(1, -(-(int(p.max()) + T) // K))
+        slots = torch.arange(n_chunks * K, device=x.device)  # segment-aligned timeline
+        src = slots[None] - p[:, None]  # [B, S]: token index at each timeline slot (<0: cached)
+        h_in = self.in_proj(x)  # [B, T, D]
+        gathered = torch.gather(h_in, 1, src.clamp(0, T - 1)[..., None].expand(-1, -1, D))
+        h_line = torch.where(((src >= 0) & (src < T))[..., None], gathered, torch.zeros_like(gathered))
+        stamp_line = (state.step - p)[:, None] + slots[None] + 1  # [B, S]
+        end = p + lengths  # [B]: first timeline slot after each row's last token
+        cached = (src < 0)[..., None]  # [B, S, 1]
+        cached_heads = cached[:, None]  # [B, 1, S, 1]
+
+        pos = torch.arange(K, device=x.device)
+        all_keys = torch.ones(K, dtype=torch.bool, device=x.device)
+        memory, memory_time = state.memory, state.memory_time
+        final_cache = torch.zeros_like(state.cache)
+        y_chunks = []
+        for c in range(n_chunks):
+            window = slice(c * K, (c + 1) * K)
+            h, stamps, first = h_line[:, window], stamp_line[:, window], c == 0
+            layer_cache = []
+            for i, layer in enumerate(self.layers):
+                q, k, v = layer.project(h)  # [B, K, D]
+                k, v = split_heads(k, H), split_heads(v, H)  # [B, H, K, d]
+                if first:  # slots before p hold tokens of earlier calls: use their cache
+                    k = torch.where(cached_heads[:, :, window], state.cache[:, i, CACHE_KEY], k)
+                    v = torch.where(cached_heads[:, :, window], state.cache[:, i, CACHE_VALUE], v)
+                h = layer.token_output(
+                    h, q, pos, [(k, v, pos, all_keys)], self.u, self.v,
+                    self.memory_view(memory[:, i], memory_time[:, i], i), stamps, memory_time[:, i],
+                )
+                if first:
+                    h = torch.where(cached[:, window], merge_heads(state.cache[:, i, CACHE_OUTPUT]), h)
+                layer_cache.append((k, v, h))
+            y_chunks.append(self.final_norm(h))
+
+            complete = end >= (c + 1) * K  # [B]
+            if bool(complete.any()):
+                new_memory, new_time = self.commit_segment(memory, memory_time, [o for _, _, o in layer_cache], stamps)
+                memory = torch.where(complete[:, None, None, None], new_memory, memory)
+                memory_time = torch.where(complete[:, None, None], new_time, memory_time)
+            ends_inside = (end > c * K) & (end < (c + 1) * K)  # row stops mid-segment: keep a cache
+            if bool(ends_inside.any()):
+                filled = (pos[None] < (end - c * K)[:, None])[:, None, None, None, :, None]  # [B, 1, 1, 1, K, 1]
+                chunk_cache = torch.stack(
+                    [torch.stack([k, v, split_heads(o, H)], 1) for k, v, o in layer_cache], 1
+                )  # [B, L, 3, H, K, d]
+                chunk_cache = torch.where(filled, chunk_cache, torch.zeros_like(chunk_cache))
+                final_cache = torch.where(ends_inside[:, None, None, None, None, None], chunk_cache, final_cache)
+
+        y_line = torch.cat(y_chunks, 1)  # [B, S, D]
+        index = (p[:, None] + torch.arange(T, device=x.device)[None]).clamp(max=y_line.shape[1] - 1)
+        y = torch.gather(y_line, 1, index[..., None].expand(-1, -1, D))
+        return y, ELMURState(memory, memory_time, final_cache, state.step + lengths)

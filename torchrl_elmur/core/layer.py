@@ -1,0 +1,125 @@
+"""One ELMUR layer: token path (self-attention, memory read, FFN) and memory write path.
+
+Glossary: B batch, n tokens in this call, K segment length, M slots, D width.
+
+The layer is stateless: the caller (``backbone.py``) owns the memory and the segment cache and
+decides when to write. Residual + norm placement is chosen once, in :class:`Residual`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .attention import RelativeSelfAttention, TimeGapCrossAttention
+from .config import ELMURConfig
+
+NORM_CLASSES = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+
+
+def make_norm(config: ELMURConfig) -> nn.Module:
+    return NORM_CLASSES[config.norm](config.d_model, eps=config.norm_eps)
+
+
+class Residual(nn.Module):
+    """Residual connection with its norm, post-LN (``norm(x + f(x))``) or pre-LN (``x + f(norm(x))``).
+
+    ``inp(x)`` is what the sublayer reads; ``out(x, y)`` joins the sublayer output ``y`` back.
+    """
+
+    def __init__(self, config: ELMURConfig, dropout: float) -> None:
+        super().__init__()
+        self.norm = make_norm(config)
+        self.pre = config.norm_position == "pre"
+        self.drop = nn.Dropout(dropout)
+
+    def inp(self, x: Tensor) -> Tensor:
+        return self.norm(x) if self.pre else x
+
+    def out(self, x: Tensor, y: Tensor) -> Tensor:
+        y = x + self.drop(y)
+        return y if self.pre else self.norm(y)
+
+
+class FeedForward(nn.Sequential):
+    """Linear(D, d_ff) -> GELU -> dropout -> Linear(d_ff, D) (the outer dropout is the residual's)."""
+
+    def __init__(self, config: ELMURConfig) -> None:
+        super().__init__(
+            nn.Linear(config.d_model, config.ff_dim), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(config.ff_dim, config.d_model),
+        )
+
+
+class ELMURLayer(nn.Module):
+    """A transformer layer with its own memory bank (memory tensors are passed in).
+
+    Token path for ``n`` new tokens::
+
+        q, k, v = self_attn.project(res_self.inp(h))        # plus the segment's cached k, v
+        h1  = res_self.out(h, self_attn.attend(...))
+        h2  = res_read.out(h1, read(res_read.inp(h1), memory, gap = tok_stamp - slot_stamp))
+        out = res_ff.out(h2, ffn(res_ff.inp(h2)))
+
+    Write path for one complete segment (outputs ``[B, K, D]``)::
+
+        c1 = res_write.out(mem, write(res_write.inp(mem), outputs, gap = slot_stamp - tok_stamp))
+        u  = res_mem_ff.out(c1, mem_ffn(res_mem_ff.inp(c1)))   # one candidate per slot
+    """
+
+    def __init__(self, config: ELMURConfig) -> None:
+        super().__init__()
+        d, h = config.d_model, config.num_heads
+        self.self_attn = RelativeSelfAttention(d, h, config.segment_len, config.attn_dropout)
+        self.read = TimeGapCrossAttention(d, h, config.attn_dropout)
+        self.write = TimeGapCrossAttention(d, h, config.attn_dropout)
+        self.ffn = FeedForward(config)
+        self.mem_ffn = FeedForward(config)
+        self.res_self = Residual(config, config.dropout)
+        self.res_read = Residual(config, config.dropout)
+        self.res_ff = Residual(config, config.dropout)
+        self.res_write = Residual(config, config.memory_dropout)
+        self.res_mem_ff = Residual(config, config.memory_dropout)
+        # learned bias per clipped time gap in [-(G-1), G-1], per head; shared by read and write
+        self.gap_bias = nn.Parameter(torch.zeros(2 * config.max_time_gap - 1, h))
+
+    def project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention queries, keys, values of the tokens ``h [B, n, D]``."""
+        return self.self_attn.project(self.res_self.inp(h))
+
+    def token_output(
+        self, h: Tensor, q: Tensor, q_pos: Tensor, blocks: list, u: Tensor, v_bias: Tensor,
+        memory: Tensor, tok_stamp: Tensor, slot_stamp: Tensor,
+    ) -> Tensor:
+        """Layer output of ``n`` tokens.
+
+        Args:
+            h: layer input ``[B, n, D]``; q: its queries ``[B, n, D]``.
+            q_pos, blocks: the segment's keys and values so far, see :meth:`RelativeSelfAttention.attend`.
+            u, v_bias: shared Transformer-XL biases ``[H, d]``.
+            memory: slot vectors the read sees ``[B, M, D]`` (initial vector in empty slots).
+            tok_stamp: int64 ``[B, n]`` = 1 + episode step of each token.
+            slot_stamp: int64 ``[B, M]`` (0 = empty).
+
+        Returns:
+            ``[B, n, D]``.
+        """
+        h1 = self.res_self.out(h, self.self_attn.attend(q, q_pos, blocks, u, v_bias))
+        gap = tok_stamp.unsqueeze(-1) - slot_stamp.unsqueeze(-2)  # [B, n, M]
+        h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias))
+        return self.res_ff.out(h2, self.ffn(self.res_ff.inp(h2)))
+
+    def write_candidates(self, memory: Tensor, slot_stamp: Tensor, outputs: Tensor, tok_stamp: Tensor) -> Tensor:
+        """One candidate vector per slot from a complete segment.
+
+        Args:
+            memory: ``[B, M, D]`` slot vectors (initial vector in empty slots).
+            slot_stamp: int64 ``[B, M]``.
+            outputs: this layer's token outputs of the segment ``[B, K, D]``.
+            tok_stamp: int64 ``[B, K]``.
+
+        Returns:
+            ``[B, M, D]``.
+        """
+        gap = slot_stamp.unsqueeze(-1) - tok_stamp.unsqueeze(-2)  # [B, M, K]
+        c1 = self.res_write.out(memory, self.write(self.res_write.inp(memory), outputs, gap, self.gap_bias))
+        return self.res_mem_ff.out(c1, self.mem_ffn(self.res_mem_ff.inp(c1)))
