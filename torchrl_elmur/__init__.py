@@ -1,5 +1,6 @@
 """torchrl_elmur: ELMUR (External Layer Memory with Update/Rewrite) for TorchRL."""
 from .core import ELMURBackbone, ELMURConfig, ELMURState, lru_commit, lru_slot, window_recompute
+from .modules import ELMURModule
 
-__all__ = ["ELMURBackbone", "ELMURConfig", "ELMURState", "lru_commit", "lru_slot", "window_recompute"]
+__all__ = ["ELMURModule", "ELMURBackbone", "ELMURConfig", "ELMURState", "lru_commit", "lru_slot", "window_recompute"]
 __version__ = "0.1.0"
