@@ -71,9 +71,11 @@ class ELMURModule(TensorDictModuleBase):
       Trajectories split by ``is_init`` never see each other. ``("next", state)`` holds the final
       state at the last step of each trajectory and zeros elsewhere.
 
-    .. note:: The module uses data-dependent control flow and cannot run under ``torch.vmap``:
-        losses that vmap their value networks need ``deactivate_vmap=True`` (``IQLLoss``) or, for
-        ``DiscreteIQLLoss``, ``loss.deactivate_vmap = True; loss._make_vmap()`` after construction.
+    .. note:: The module cannot run under ``torch.vmap``: over data it hits data-dependent checks,
+        over parameters (IQL's Q-net copies) CPU attention has no vmap gradient for the learned
+        time-gap bias. Pass ``deactivate_vmap=True`` to ``IQLLoss`` and ``GAE``; for
+        ``DiscreteIQLLoss`` set ``loss.deactivate_vmap = True`` then call ``loss._make_vmap()``
+        after construction. ``BCLoss`` and ``ClipPPOLoss`` need nothing.
 
     Examples:
         >>> import torch

@@ -1,0 +1,128 @@
+"""Collector throughput and recurrent-state size: ELMURModule vs GRUModule vs LSTMModule.
+
+In one run, on one machine, the same env and the same policy shape (memory module -> linear head
+-> greedy one-hot action), only the memory module differs:
+  * frames/s of a ``torchrl.collectors.Collector`` rollout (policy in eval mode, no grad);
+  * bytes of recurrent state stored per transition (state + ("next", state), from the primers).
+Two sizes: the T-Maze configuration (D=128, L=2, K=10, M=2) and a MIKASA RememberColor-sized one
+(D=128, L=4, H=16, K=20, M=256); GRU/LSTM get the same width and number of layers.
+
+    python benchmarks/collector_throughput.py                  # CartPole-v1, 1 env
+    python benchmarks/collector_throughput.py --num-envs 8     # a SerialEnv of 8
+
+Prints a table, writes ``<out>/collector_throughput.csv`` and ends with one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.envs import GymEnv, SerialEnv
+from torchrl.modules import GRUModule, LSTMModule
+
+from torchrl_elmur import ELMURConfig, ELMURModule
+
+
+@dataclass
+class Args:
+    env: str = "CartPole-v1"
+    num_envs: int = 1
+    frames_per_batch: int = 256
+    batches: int = 4  # timed batches (after one warm-up batch)
+    out: str = "outputs/benchmarks"
+    seed: int = 0
+
+
+def parse_args() -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = Args()
+    for field in ("env", "num_envs", "frames_per_batch", "batches", "out", "seed"):
+        p.add_argument(f"--{field.replace('_', '-')}", type=type(getattr(d, field)), default=getattr(d, field))
+    return Args(**vars(p.parse_args()))
+
+
+SIZES = {
+    "tmaze": ELMURConfig.tmaze(dropout=0.0, attn_dropout=0.0),
+    "mikasa": ELMURConfig.mikasa_remember_color(),
+}
+
+
+def make_memory(kind: str, size: str, obs_dim: int) -> nn.Module:
+    cfg = SIZES[size]
+    if kind == "elmur":
+        return ELMURModule(config=cfg.replace(input_size=obs_dim), in_key="observation", out_key="embed")
+    cls = {"gru": GRUModule, "lstm": LSTMModule}[kind]
+    return cls(input_size=obs_dim, hidden_size=cfg.d_model, num_layers=cfg.num_layers, in_key="observation", out_key="embed")
+
+
+class GreedyOneHot(nn.Module):
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.int64)
+
+
+def state_bytes(memory: nn.Module) -> int:
+    """Bytes of recurrent state one transition stores: the state and ("next", state)."""
+    specs = memory.make_tensordict_primer().primers
+    per_env = sum(spec.shape.numel() * spec.dtype.itemsize for spec in specs.values(True, True))
+    return 2 * per_env
+
+
+def measure(kind: str, size: str, args: Args) -> dict:
+    torch.manual_seed(args.seed)
+    make_env = (lambda: GymEnv(args.env)) if args.num_envs == 1 else (lambda: SerialEnv(args.num_envs, lambda: GymEnv(args.env)))
+    probe = GymEnv(args.env)
+    obs_dim, n_act = probe.observation_spec["observation"].shape[-1], probe.action_spec.shape[-1]
+    probe.close()
+    memory = make_memory(kind, size, obs_dim)
+    policy = TensorDictSequential(
+        memory,
+        TensorDictModule(nn.Linear(SIZES[size].d_model, n_act), in_keys=["embed"], out_keys=["logits"]),
+        TensorDictModule(GreedyOneHot(), in_keys=["logits"], out_keys=["action"]),
+    ).eval()
+    collector = Collector(make_env, policy, frames_per_batch=args.frames_per_batch,
+                          total_frames=args.frames_per_batch * (args.batches + 1), auto_register_policy_transforms=True)
+    with torch.no_grad():
+        it = iter(collector)
+        next(it)  # warm-up batch
+        t0 = time.perf_counter()
+        frames = sum(batch.numel() for batch in it)
+        seconds = time.perf_counter() - t0
+    collector.shutdown()
+    return {"size": size, "policy": kind, "frames_per_s": frames / seconds, "state_bytes_per_transition": state_bytes(memory),
+            "params": sum(p.numel() for p in memory.parameters())}
+
+
+def main() -> None:
+    args = parse_args()
+    rows = [measure(kind, size, args) for size in SIZES for kind in ("elmur", "gru", "lstm")]
+    print(f"\nCollector throughput on {args.env} x{args.num_envs}, {args.frames_per_batch * args.batches} timed frames, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    header = f"{'size':>7} {'policy':>6} {'frames/s':>9} {'vs GRU':>7} {'state B/transition':>19} {'vs GRU':>8} {'params':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        gru = next(g for g in rows if g["size"] == r["size"] and g["policy"] == "gru")
+        r["speed_vs_gru"] = r["frames_per_s"] / gru["frames_per_s"]
+        r["state_vs_gru"] = r["state_bytes_per_transition"] / gru["state_bytes_per_transition"]
+        print(f"{r['size']:>7} {r['policy']:>6} {r['frames_per_s']:>9.0f} {r['speed_vs_gru']:>6.2f}x "
+              f"{r['state_bytes_per_transition']:>19,} {r['state_vs_gru']:>7.1f}x {r['params']:>10,}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "collector_throughput.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out / 'collector_throughput.csv'}")
+    print(json.dumps({"benchmark": "collector_throughput", "env": args.env, "num_envs": args.num_envs, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Environments: the passive T-Maze (batched TorchRL env and gymnasium env)."""
+import gymnasium as _gym
+
+from . import tmaze_rules
+from .tmaze_env import TMazeEnv
+from .tmaze_gym import TMazeGymEnv
+from .tmaze_oracle import TMazeOracle
+
+TMAZE_ID = "torchrl_elmur/TMaze-v0"
+if TMAZE_ID not in _gym.registry:
+    _gym.register(id=TMAZE_ID, entry_point="torchrl_elmur.envs.tmaze_gym:TMazeGymEnv")
+
+__all__ = ["TMAZE_ID", "TMazeEnv", "TMazeGymEnv", "TMazeOracle", "tmaze_rules"]

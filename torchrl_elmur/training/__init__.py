@@ -1,0 +1,4 @@
+"""Training utilities."""
+from .wandb_logger import start_wandb
+
+__all__ = ["start_wandb"]
