@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) tutorials/quickstart.py
+	$(PY) tutorials/offline_bc.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

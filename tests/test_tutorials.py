@@ -1,0 +1,51 @@
+"""Smoke runs of the tutorials and benchmarks through a subprocess, as a user would run them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(path: str, *flags: str, timeout: int = 300) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, str(ROOT / path), *flags], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_quickstart():
+    lines = run_script("tutorials/quickstart.py", "--steps", "40")
+    diff = next(line for line in lines if line.startswith("max |streaming - sequence|"))
+    assert float(diff.rsplit(":", 1)[1]) < 1e-4
+
+
+@pytest.mark.parametrize("mode", [["--policy", "elmur"], ["--compare"]])
+def test_offline_bc_smoke(tmp_path, mode):
+    out = tmp_path / "bc"
+    lines = run_script("tutorials/offline_bc.py", *mode, "--steps", "3", "--episodes", "12", "--batch", "4",
+                       "--eval-lengths", "3", "12", "--eval-episodes", "4", "--wandb", "offline", "--out", str(out),
+                       "--threads", "1")
+    result = json.loads(lines[-1])  # the last line is one JSON object
+    policies = ["elmur"] if mode[0] == "--policy" else ["elmur", "lstm", "gru"]
+    assert list(result) == policies
+    for p in policies:
+        assert set(result[p]["success"]) == {"3", "12"}
+        assert all(0.0 <= v <= 1.0 for v in result[p]["success"].values())
+        assert result[p]["train_seconds"] > 0
+        assert (out / f"{p}.pt").stat().st_size > 0
+    assert any(line.startswith("Success rate") for line in lines)  # the table
+    assert (out / "success_vs_length.png").stat().st_size > 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "policy,corridor_length,success,train_seconds,eval_seconds" and len(rows) == 1 + 2 * len(policies)
+    assert (out / "wandb").is_dir()
+
+
+def test_offline_bc_rejects_odd_episode_count(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials/offline_bc.py"), "--eval-episodes", "3"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert proc.returncode == 2 and "--eval-episodes must be even" in proc.stderr
