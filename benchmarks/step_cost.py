@@ -14,16 +14,17 @@ Prints a table, writes ``<out>/step_cost.csv`` and ends with one JSON line.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import platform
-import time
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from torchrl_elmur import ELMURBackbone, ELMURConfig, window_recompute
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_of, format_table, machine, write_csv  # noqa: E402
+
+from torchrl_elmur import ELMURBackbone, ELMURConfig, window_recompute  # noqa: E402
 
 
 @dataclass
@@ -47,45 +48,30 @@ def parse_args() -> Args:
     return Args(a.device, a.repeats, tuple(a.batches), tuple(a.segment_lens), a.out)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+@torch.no_grad()
+def step_path_ms(net: ELMURBackbone, batch: int, start_step: int, repeats: int, device: str, step_fn=None) -> float:
+    """Mean ms per step of ``net.step`` over two full segments starting at episode step
+    ``start_step`` (rounded down to a segment boundary)."""
+    K = net.config.segment_len
+    x = torch.randn(batch, 2 * K, net.config.token_size, device=device)
+    step_fn = step_fn or net.step
+    start = start_step - start_step % K
 
+    def run():
+        s = net.initial_state(batch)
+        s.step += start  # the state has a fixed shape: any episode step is one number away
+        for t in range(2 * K):
+            _, s = step_fn(x[:, t], s)
 
-def best_of(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return 1e3 * best_of(run, repeats, device) / (2 * K)
 
 
 @torch.no_grad()
-def measure(net: ELMURBackbone, batch: int, args: Args) -> dict:
+def window_recompute_ms(net: ELMURBackbone, batch: int, repeats: int, device: str) -> float:
+    """Mean ms per step of the reference (re-run the segment's window every step) over two segments."""
     K = net.config.segment_len
-    T = 2 * K  # two full segments: every position and two commits
-    x = torch.randn(batch, T, net.config.token_size, device=args.device)
-
-    def stream(start_step: int):
-        def run():
-            s = net.initial_state(batch)
-            s.step += start_step  # the state has a fixed shape: any episode step is one number away
-            for t in range(T):
-                _, s = net.step(x[:, t], s)
-        return run
-
-    step_10 = best_of(stream(10 - 10 % K), args.repeats, args.device) / T
-    step_1e6 = best_of(stream(10**6 - 10**6 % K), args.repeats, args.device) / T
-    reference = best_of(lambda: window_recompute(net, x), args.repeats, args.device) / T
-    return {
-        "segment_len": K, "batch": batch,
-        "step_ms": 1e3 * step_10, "reference_ms": 1e3 * reference, "speedup": reference / step_10,
-        "step_ms_at_1e6": 1e3 * step_1e6, "growth_1e6_vs_10": step_1e6 / step_10,
-    }
+    x = torch.randn(batch, 2 * K, net.config.token_size, device=device)
+    return 1e3 * best_of(lambda: window_recompute(net, x), repeats, device) / (2 * K)
 
 
 def main() -> None:
@@ -94,23 +80,18 @@ def main() -> None:
     for K in args.segment_lens:
         net = ELMURBackbone(ELMURConfig.tmaze(segment_len=K)).to(args.device).eval()
         for batch in args.batches:
-            rows.append(measure(net, batch, args))
-    machine = f"{platform.machine()} {torch.get_num_threads()} threads" if args.device == "cpu" else torch.cuda.get_device_name()
-    print(f"\nELMUR step cost, T-Maze config (D=128, L=2, H=2, M=2), {args.device} ({machine}), torch {torch.__version__}")
-    header = f"{'K':>4} {'batch':>6} {'step ms':>9} {'window ms':>10} {'speedup':>8} {'step ms @1e6':>13} {'1e6/10':>7}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['segment_len']:>4} {r['batch']:>6} {r['step_ms']:>9.3f} {r['reference_ms']:>10.3f} "
-              f"{r['speedup']:>7.1f}x {r['step_ms_at_1e6']:>13.3f} {r['growth_1e6_vs_10']:>7.2f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "step_cost.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out / 'step_cost.csv'}")
-    print(json.dumps({"benchmark": "step_cost", "device": args.device, "machine": machine, "rows": rows}))
+            step = step_path_ms(net, batch, 10, args.repeats, args.device)
+            far = step_path_ms(net, batch, 10**6, args.repeats, args.device)
+            window = window_recompute_ms(net, batch, args.repeats, args.device)
+            rows.append({"segment_len": K, "batch": batch, "step_ms": step, "reference_ms": window,
+                         "speedup": window / step, "step_ms_at_1e6": far, "growth_1e6_vs_10": far / step})
+    print(f"\nELMUR step cost, T-Maze config (D=128, L=2, H=2, M=2), {machine(args.device)}")
+    print(format_table(rows, [("segment_len", "K", "d"), ("batch", "batch", "d"), ("step_ms", "step ms", ".3f"),
+                              ("reference_ms", "window ms", ".3f"), ("speedup", "speedup", ".1f"),
+                              ("step_ms_at_1e6", "step ms @1e6", ".3f"), ("growth_1e6_vs_10", "1e6/10", ".2f")]))
+    write_csv(rows, Path(args.out) / "step_cost.csv")
+    print(f"wrote {Path(args.out) / 'step_cost.csv'}")
+    print(json.dumps({"benchmark": "step_cost", "device": args.device, "machine": machine(args.device), "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -218,3 +218,16 @@ class TestGradients:
         assert not torch.allclose(s1.memory, s2.memory)  # but the write is dropped out
         net.eval()
         torch.testing.assert_close(net(x)[1].memory, net(x)[1].memory)
+
+
+def test_relative_key_cache_follows_weight_updates(backbone_factory):
+    """Without autograd the relative-position keys are cached; an in-place weight update invalidates them."""
+    net = backbone_factory()
+    x = torch.randn(2, 7, 5, dtype=torch.float64)
+    with torch.no_grad():
+        y_cached, _ = net(x)
+        net.layers[0].self_attn.r_proj.weight.mul_(1.5)  # e.g. an optimizer step
+        y_after, _ = net(x)
+    y_grad, _ = net(x)  # computed afresh with autograd on
+    assert not torch.allclose(y_cached, y_after)
+    torch.testing.assert_close(y_after, y_grad.detach(), rtol=0, atol=1e-12)

@@ -31,18 +31,15 @@ import torch
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import nn
 from torch.distributions import Categorical
-from torchrl.envs import Compose, InitTracker, TransformedEnv
-from torchrl.envs.utils import step_mdp
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor
-from torchrl.modules.utils import get_primers_from_module
-from tqdm import tqdm, trange
+from tqdm import trange
 
 from torchrl_elmur import ELMURConfig, ELMURModule
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset
-from torchrl_elmur.envs import TMazeEnv
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss
-from torchrl_elmur.training import start_wandb
+from torchrl_elmur.training import start_wandb, tmaze_success_rate
 
 POLICIES = ("elmur", "lstm", "gru")
 
@@ -170,25 +167,14 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # 5. Evaluation: the policy streams through the batched env, one TorchRL step at a time
+#    (torchrl_elmur.training.tmaze_success_rate: reset, then policy -> env.step -> step_mdp)
 # ----------------------------------------------------------------------------------------------
-@torch.no_grad()
 def evaluate(actor: ProbabilisticActor, corridor_length: int, episodes: int, seed: int) -> float:
-    """Success rate over ``episodes`` episodes (half with each goal side) of one corridor length.
-
-    A plain TorchRL loop (reset, policy, step, step_mdp) rather than ``env.rollout``, which would
-    keep every step's recurrent state in memory.
-    """
-    env = TMazeEnv(corridor_length, batch_size=[episodes], goal_sides="balanced", seed=seed)
-    env = TransformedEnv(env, Compose(InitTracker(), get_primers_from_module(actor)))
+    """Success rate over ``episodes`` episodes (half with each goal side) of one corridor length:
+    reset the batched env, then policy -> env.step -> step_mdp, ``corridor_length + 2`` times."""
     actor.eval()
-    td = env.reset()
-    reward = torch.zeros(episodes)
-    for _ in tqdm(range(corridor_length + 2), desc=f"  eval c={corridor_length}", leave=False, dynamic_ncols=True,
-                  disable=corridor_length < 1000):
-        td = env.step(actor(td))
-        reward += td["next", "reward"].squeeze(-1)
-        td = step_mdp(td)
-    return (reward > 0.5).float().mean().item()
+    with set_exploration_type(ExplorationType.DETERMINISTIC):  # greedy actions
+        return tmaze_success_rate(actor, corridor_length, episodes, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------

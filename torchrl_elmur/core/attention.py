@@ -67,6 +67,21 @@ class RelativeSelfAttention(nn.Module):
         self.register_buffer(
             "distance_embedding", sinusoid_embedding(torch.arange(max_distance), d_model).float(), persistent=False
         )  # [K, D]
+        self._r_cache: tuple | None = None  # (key, r) of the last relative keys computed without grad
+
+    def relative_keys(self, dtype: torch.dtype) -> Tensor:
+        """``W_r sinusoid(delta)`` for delta = 0 .. K-1, split into heads: ``[1, H, K, d]``.
+
+        Without autograd it is cached until the weights change (their version counter moves).
+        """
+        if torch.is_grad_enabled():
+            return split_heads(self.r_proj(self.distance_embedding.to(dtype)).unsqueeze(0), self.num_heads)
+        w = self.r_proj.weight
+        key = (dtype, w.device, w.data_ptr(), w._version)
+        if self._r_cache is None or self._r_cache[0] != key:
+            r = split_heads(self.r_proj(self.distance_embedding.to(dtype)).unsqueeze(0), self.num_heads)
+            self._r_cache = (key, r)
+        return self._r_cache[1]
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``x [B, n, D]`` -> queries, keys, values, each ``[B, n, D]``."""
@@ -95,7 +110,7 @@ class RelativeSelfAttention(nn.Module):
         h = self.num_heads
         qh = split_heads(q, h)  # [B, H, n, d]
         scale = 1.0 / math.sqrt(qh.shape[-1])
-        r = split_heads(self.r_proj(self.distance_embedding.to(q.dtype)).unsqueeze(0), h)  # [1, H, K, d]
+        r = self.relative_keys(q.dtype)  # [1, H, K, d]
         pos_scores = (qh + v_bias[None, :, None, :]) @ r.transpose(-1, -2)  # [B, H, n, K], by distance
         content_q = qh + u[None, :, None, :]
         scores, values = [], []

@@ -274,14 +274,12 @@ class ELMURModule(TensorDictModuleBase):
         return tensors
 
     def _to_state(self, tensors: list[Tensor | None], batch: int, device) -> ELMURState:
-        fresh = ELMURState.zeros(self.config, batch, dtype=self.dtype, device=device)
-        fields = {}
-        for name, value in zip(STATE_FIELDS, tensors):
-            if value is None:
-                fields[name] = getattr(fresh, name)
-            else:
-                fields[name] = value.reshape(batch, *getattr(fresh, name).shape[1:])
-        return ELMURState(**fields)
+        """An :class:`ELMURState` of ``batch`` rows from stored tensors (zeros where missing)."""
+        if any(t is None for t in tensors):
+            fresh = ELMURState.zeros(self.config, batch, dtype=self.dtype, device=device)
+            tensors = [getattr(fresh, name) if t is None else t for name, t in zip(STATE_FIELDS, tensors)]
+        shapes = ELMURState.shapes(self.config, batch)
+        return ELMURState(**{name: t.reshape(shapes[name]) for name, t in zip(STATE_FIELDS, tensors)})
 
     def _write(self, td: TensorDictBase, output: Tensor, state_fields: list[Tensor]) -> TensorDictBase:
         td.set(self.out_keys[0], output)
@@ -300,7 +298,8 @@ class ELMURModule(TensorDictModuleBase):
         flat = td.reshape(-1)  # [N]
         value, is_init = self._value(flat), self._is_init(flat)
         state = self._to_state(self._state_tensors(flat), flat.shape[0], value.device)
-        state = state.map(lambda t: torch.where(is_init.view(-1, *([1] * (t.ndim - 1))), torch.zeros_like(t), t))  # reset
+        if bool(is_init.any()):  # reset those rows to the fresh (all zeros) state
+            state = state.map(lambda t: torch.where(is_init.view(-1, *([1] * (t.ndim - 1))), torch.zeros_like(t), t))
         y, new = self.backbone.step(value, state)
         feats = self.state_feature_shapes()
         return self._write(

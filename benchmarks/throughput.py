@@ -1,0 +1,201 @@
+"""Inference and training cost of ELMUR against TorchRL's GRU/LSTM and window recomputation.
+
+In one run, on one machine (all ratios are within this run):
+  1. streaming inference, ms per environment step, at batch 1 and 256, K=10 (T-Maze config) and
+     K=60: the ELMUR step path (backbone, and ELMURModule through a TensorDict + step_mdp), the
+     reference window recompute (the authors' procedure), GRUModule and LSTMModule (the modules
+     of the BC tutorial: 1 layer, hidden 128, same TensorDict harness);
+  2. the step path's ms per step at episode step 10 vs 10^6 (must be flat);
+  3. training throughput, tokens/s of forward+backward in recurrent mode on [64, 30] batches;
+  4. recurrent-state bytes per env (from the modules' primers);
+  5. with ``--compile`` (meant for CUDA): the step path under ``torch.compile``, and the gain.
+
+    python benchmarks/throughput.py
+    python benchmarks/throughput.py --device cuda --compile
+
+Prints tables (and checks the targets), writes ``<out>/throughput_*.csv`` and a markdown file,
+and ends with one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from torchrl.envs.utils import step_mdp
+from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_of, format_table, machine, sync, write_csv  # noqa: E402
+from step_cost import step_path_ms, window_recompute_ms  # noqa: E402
+
+from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402
+
+D = 128
+
+
+@dataclass
+class Args:
+    device: str = "cpu"
+    repeats: int = 3
+    batches: list[int] = field(default_factory=lambda: [1, 256])
+    segment_lens: list[int] = field(default_factory=lambda: [10, 60])
+    train_batch: int = 64
+    train_len: int = 30
+    compile: bool = False
+    threads: int = 0
+    out: str = "outputs/benchmarks"
+
+
+def parse_args() -> Args:
+    d = Args()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--batches", type=int, nargs="+", default=d.batches)
+    p.add_argument("--segment-lens", type=int, nargs="+", default=d.segment_lens)
+    p.add_argument("--train-batch", type=int, default=d.train_batch)
+    p.add_argument("--train-len", type=int, default=d.train_len)
+    p.add_argument("--compile", action="store_true", help="also time the step path under torch.compile")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
+    p.add_argument("--out", default=d.out)
+    return Args(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+
+
+def make_module(kind: str, segment_len: int = 10, device: str = "cpu"):
+    keys = dict(in_key="x", out_key="y")
+    if kind == "elmur":
+        cfg = ELMURConfig.tmaze(segment_len=segment_len, dropout=0.0, attn_dropout=0.0)
+        return ELMURModule(config=cfg, **keys).to(device)
+    cls = {"gru": GRUModule, "lstm": LSTMModule}[kind]
+    return cls(input_size=D, hidden_size=D, device=device, **keys)
+
+
+@torch.no_grad()
+def module_step_ms(module, batch: int, steps: int, repeats: int, device: str) -> float:
+    """ms per step of a TorchRL recurrent module driven like a collector does (module, step_mdp)."""
+    module.eval()
+    x = torch.randn(steps, batch, D, device=device)
+    start = TensorDict({"x": x[0], "is_init": torch.ones(batch, 1, dtype=torch.bool, device=device)}, [batch], device=device)
+
+    def run():
+        td = start.clone()
+        for t in range(steps):
+            td["x"] = x[t]
+            td = step_mdp(module(td), keep_other=True)
+            td["is_init"] = torch.zeros(batch, 1, dtype=torch.bool, device=device)
+
+    return 1e3 * best_of(run, repeats, device) / steps
+
+
+def train_tokens_per_s(module, args: Args) -> float:
+    module.train()
+    B, T = args.train_batch, args.train_len
+    td = TensorDict({"x": torch.randn(B, T, D, device=args.device),
+                     "is_init": torch.zeros(B, T, 1, dtype=torch.bool, device=args.device)}, [B, T], device=args.device)
+    td["is_init"][:, 0] = True
+
+    def run():
+        with set_recurrent_mode(True):
+            out = module(td.clone())
+        out["y"].pow(2).mean().backward()
+
+    return B * T / best_of(run, args.repeats, args.device, warmup=2)  # the first backward pays one-off set-up
+
+
+def state_bytes(module) -> int:
+    specs = module.make_tensordict_primer().primers
+    return sum(s.shape.numel() * s.dtype.itemsize for s in specs.values(True, True))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    dev, rep = args.device, args.repeats
+    baselines = {kind: make_module(kind, device=dev) for kind in ("gru", "lstm")}
+
+    # 1-2, 5. streaming inference
+    stream = []
+    for K in args.segment_lens:
+        elmur = make_module("elmur", K, dev).eval()
+        net = elmur.backbone
+        compiled = torch.compile(net.step, mode="reduce-overhead") if args.compile else None
+        for batch in args.batches:
+            row = {"segment_len": K, "batch": batch}
+            row["elmur_step_ms"] = step_path_ms(net, batch, 10, rep, dev)
+            row["elmur_step_ms_1e6"] = step_path_ms(net, batch, 10**6, rep, dev)
+            row["elmur_module_ms"] = module_step_ms(elmur, batch, 2 * K, rep, dev)
+            row["window_ms"] = window_recompute_ms(net, batch, rep, dev)
+            for kind, module in baselines.items():
+                row[f"{kind}_module_ms"] = module_step_ms(module, batch, 2 * K, rep, dev)
+            row["speedup_vs_window"] = row["window_ms"] / row["elmur_step_ms"]
+            row["growth_1e6_vs_10"] = row["elmur_step_ms_1e6"] / row["elmur_step_ms"]
+            if compiled is not None:
+                try:
+                    row["compiled_step_ms"] = step_path_ms(net, batch, 10, rep, dev, step_fn=compiled)
+                    row["compile_gain"] = row["elmur_step_ms"] / row["compiled_step_ms"]
+                except Exception as err:  # report, do not hide
+                    row["compile_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+            stream.append(row)
+            print(f"  streaming K={K} batch={batch}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    # 3-4. training throughput and state size (T-Maze configuration)
+    train = []
+    for kind in ("elmur", "gru", "lstm"):
+        module = make_module(kind, device=dev)
+        train.append({"policy": kind, "train_tokens_per_s": train_tokens_per_s(module, args),
+                      "state_bytes_per_env": state_bytes(module)})
+    for r in train:
+        r["tokens_vs_gru"] = r["train_tokens_per_s"] / train[1]["train_tokens_per_s"]
+        r["state_vs_gru"] = r["state_bytes_per_env"] / train[1]["state_bytes_per_env"]
+
+    stream_cols = [("segment_len", "K", "d"), ("batch", "batch", "d"), ("elmur_step_ms", "ELMUR step ms", ".3f"),
+                   ("elmur_module_ms", "ELMURModule ms", ".3f"), ("window_ms", "window ms", ".3f"),
+                   ("speedup_vs_window", "window/step", ".1f"), ("gru_module_ms", "GRU ms", ".3f"),
+                   ("lstm_module_ms", "LSTM ms", ".3f"), ("elmur_step_ms_1e6", "step ms @1e6", ".3f"),
+                   ("growth_1e6_vs_10", "1e6/10", ".2f")]
+    if args.compile:
+        stream_cols += [("compiled_step_ms", "compiled ms", ".3f"), ("compile_gain", "compile gain", ".2f")]
+    train_cols = [("policy", "policy", "s"), ("train_tokens_per_s", "train tokens/s", ",.0f"),
+                  ("tokens_vs_gru", "vs GRU", ".2f"), ("state_bytes_per_env", "state bytes/env", ",d"),
+                  ("state_vs_gru", "vs GRU", ".1f")]
+    title = f"ELMUR throughput, T-Maze config (D=128, L=2, H=2, M=2), {machine(dev)}"
+    print(f"\n{title}\nStreaming inference (ms per env step)")
+    print(format_table(stream, stream_cols))
+    print(f"\nTraining (recurrent mode, forward+backward, [{args.train_batch}, {args.train_len}]) and state size")
+    print(format_table(train, train_cols))
+
+    targets = []
+    for r in stream:
+        if r["batch"] == 256 and r["segment_len"] in (10, 60):
+            need = 3.0 if r["segment_len"] == 10 else 10.0
+            targets.append((f"window/step >= {need:g}x at K={r['segment_len']}, batch 256", r["speedup_vs_window"] >= need,
+                            f"{r['speedup_vs_window']:.1f}x"))
+        if r["batch"] == 1 and r["segment_len"] == 10:
+            targets.append(("ELMUR step <= 1 ms at batch 1, K=10", r["elmur_step_ms"] <= 1.0, f"{r['elmur_step_ms']:.3f} ms"))
+        targets.append((f"flat at 1e6 (K={r['segment_len']}, batch {r['batch']}): ratio <= 1.2", r["growth_1e6_vs_10"] <= 1.2,
+                        f"{r['growth_1e6_vs_10']:.2f}"))
+    print("\nTargets")
+    for name, ok, value in targets:
+        print(f"  [{'met' if ok else 'MISSED'}] {name}: {value}")
+
+    out = Path(args.out)
+    write_csv(stream, out / f"throughput_streaming_{dev.split(':')[0]}.csv")
+    write_csv(train, out / f"throughput_training_{dev.split(':')[0]}.csv")
+    md = out / f"throughput_{dev.split(':')[0]}.md"
+    md.write_text(f"### {title}\n\nStreaming inference (ms per env step)\n\n{format_table(stream, stream_cols, True)}\n\n"
+                  f"Training and state size\n\n{format_table(train, train_cols, True)}\n")
+    print(f"wrote {out}/throughput_*_{dev.split(':')[0]}.csv and {md} ({time.perf_counter() - t_start:.0f} s)")
+    print(json.dumps({"benchmark": "throughput", "device": dev, "machine": machine(dev), "streaming": stream,
+                      "training": train, "targets": {n: v for n, _, v in targets}}))
+
+
+if __name__ == "__main__":
+    main()
