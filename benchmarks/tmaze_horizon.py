@@ -1,0 +1,156 @@
+"""T-Maze horizon: success of ELMUR, LSTM and GRU on corridors up to 10^6 steps.
+
+All three are trained by the BC tutorial's recipe (``tutorials/offline_bc.py``) on oracle episodes
+of at most 30 steps, or loaded from its checkpoints, then each is evaluated on corridor lengths
+10 .. 10^6 with the batched T-Maze env and the streaming (step-mode) policy through TorchRL:
+``--eval-episodes`` episodes per length, both goal sides equally often.
+
+A policy that is at chance (success <= 0.6) at two consecutive lengths is not evaluated at longer
+ones (a memory that lost the cue at length L cannot recover it at 10 L); those cells say
+``skipped``. ``--no-skip`` evaluates everything.
+
+    python benchmarks/tmaze_horizon.py --quick              # lengths up to 10^4, a few minutes
+    python benchmarks/tmaze_horizon.py                      # up to 10^6
+    python benchmarks/tmaze_horizon.py --device cuda
+
+Writes ``<out>/tmaze_horizon.csv``, ``.md`` and ``.png``; prints the wall time of each evaluation
+and ends with one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tutorials"))
+import offline_bc  # noqa: E402  (the tutorial: its Args, make_actor and train are the recipe)
+from common import format_table, machine, write_csv  # noqa: E402
+
+from torchrl_elmur.training import start_wandb, tmaze_success_rate  # noqa: E402
+
+FULL = [10, 30, 100, 1000, 10_000, 100_000, 1_000_000]
+QUICK = [10, 30, 100, 1000, 10_000]
+CHANCE = 0.6
+
+
+@dataclass
+class Args:
+    policies: list[str] = field(default_factory=lambda: ["elmur", "lstm", "gru"])
+    lengths: list[int] = field(default_factory=lambda: list(FULL))
+    quick: bool = False
+    eval_episodes: int = 100
+    checkpoints: str = "outputs/offline_bc"  # load <policy>.pt from here when present
+    train_steps: int = offline_bc.Args.steps  # when training here (no checkpoint)
+    skip: bool = True
+    device: str = "cpu"
+    threads: int = 1  # one thread: per-step latency bound work, robust on a shared machine
+    seed: int = 0
+    out: str = "outputs/benchmarks"
+
+
+def parse_args() -> Args:
+    d = Args()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policies", nargs="+", choices=offline_bc.POLICIES, default=d.policies)
+    p.add_argument("--lengths", type=int, nargs="+", default=None, help=f"corridor lengths (default {FULL})")
+    p.add_argument("--quick", action="store_true", help=f"lengths {QUICK}")
+    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    p.add_argument("--checkpoints", default=d.checkpoints, help="folder with the BC tutorial's <policy>.pt")
+    p.add_argument("--train-steps", type=int, default=d.train_steps, help="gradient steps when no checkpoint")
+    p.add_argument("--no-skip", dest="skip", action="store_false", help="evaluate policies at chance too")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out)
+    a = p.parse_args()
+    lengths = a.lengths or (QUICK if a.quick else FULL)
+    return Args(a.policies, lengths, a.quick, a.eval_episodes, a.checkpoints, a.train_steps, a.skip, a.device,
+                a.threads, a.seed, a.out)
+
+
+def load_or_train(kind: str, args: Args):
+    """The tutorial's actor for ``kind``, from its checkpoint if there is one, else trained here."""
+    recipe = offline_bc.Args(steps=args.train_steps, seed=args.seed, wandb="disabled")
+    actor = offline_bc.make_actor(kind, recipe)
+    path = Path(args.checkpoints) / f"{kind}.pt"
+    if path.exists():
+        actor.load_state_dict(torch.load(path, map_location="cpu"))
+        print(f"{kind}: loaded {path}")
+        return actor, None
+    run = start_wandb("disabled", "torchrl_elmur", args.out, {})
+    torch.manual_seed(args.seed)
+    seconds = offline_bc.train(actor, recipe, run, kind)
+    print(f"{kind}: trained {args.train_steps} steps in {seconds:.0f} s")
+    return actor, seconds
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    rows = []
+    for kind in args.policies:
+        actor, train_s = load_or_train(kind, args)
+        actor = actor.to(args.device).eval()
+        at_chance = 0
+        for length in args.lengths:
+            row = {"policy": kind, "corridor_length": length, "train_seconds": train_s}
+            if args.skip and at_chance >= 2:
+                row["status"] = "skipped"
+            else:
+                start = time.perf_counter()
+                with set_exploration_type(ExplorationType.DETERMINISTIC):
+                    row["success"] = tmaze_success_rate(actor, length, args.eval_episodes, seed=args.seed + 10_000,
+                                                        device=args.device, progress=length >= 10_000)
+                row["eval_seconds"] = time.perf_counter() - start
+                row["status"] = "ok"
+                at_chance = at_chance + 1 if row["success"] <= CHANCE else 0
+                print(f"  {kind:>5} corridor {length:>9,}: success {row['success']:.2f} "
+                      f"({row['eval_seconds']:.1f} s, {1e3 * row['eval_seconds'] / (length + 2):.2f} ms/step)", flush=True)
+            rows.append(row)
+
+    out = Path(args.out)
+    cols = [("policy", "policy", "s"), ("corridor_length", "corridor", ",d"), ("success", "success", ".2f"),
+            ("eval_seconds", "eval s", ".1f"), ("status", "status", "s")]
+    title = (f"T-Maze horizon: trained on corridors <= {offline_bc.Args.max_corridor}, {args.eval_episodes} episodes "
+             f"per length, {machine(args.device)}")
+    print(f"\n{title}\n{format_table(rows, cols)}")
+    lost = {k: [r["corridor_length"] for r in rows if r["policy"] == k and r.get("success", 0.0) < 0.95]
+            for k in args.policies}
+    for kind, lengths in lost.items():
+        print(f"  {kind}: " + (f"below 0.95 from corridor {lengths[0]:,} on" if lengths else "0.95 or better at every length"))
+    write_csv(rows, out / "tmaze_horizon.csv")
+    (out / "tmaze_horizon.md").write_text(f"### {title}\n\n{format_table(rows, cols, markdown=True)}\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for kind in args.policies:
+        pts = [(r["corridor_length"], r["success"]) for r in rows if r["policy"] == kind and "success" in r]
+        ax.plot(*zip(*pts), marker="o", label=kind)
+    ax.set(xscale="log", xlabel="corridor length (steps)", ylabel="success rate", ylim=(-0.05, 1.05),
+           title="T-Maze: trained on <= 30-step episodes")
+    ax.axvline(offline_bc.Args.max_corridor, color="grey", ls=":", lw=1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "tmaze_horizon.png", dpi=120)
+    print(f"wrote {out}/tmaze_horizon.csv, .md, .png ({time.perf_counter() - t0:.0f} s in all)")
+    summary = {k: {str(r["corridor_length"]): r.get("success") for r in rows if r["policy"] == k} for k in args.policies}
+    print(json.dumps({"benchmark": "tmaze_horizon", "device": args.device, "machine": machine(args.device),
+                      "success": summary, "total_seconds": round(time.perf_counter() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()
