@@ -114,6 +114,18 @@ class TestParity:
             assert_close(y3, y2, torch.float64)
             assert_states_equal(s3, s2, torch.float64)
 
+    def test_static_step_equals_step(self, backbone_factory):
+        """The sync-free (compile-friendly) step gives the same outputs and states."""
+        net = backbone_factory(segment_len=3, memory_slots=2)
+        x = torch.randn(3, 11, 5, dtype=torch.float64)
+        _, mixed = net(x[:, :4], lengths=torch.tensor([0, 2, 4]))  # rows at different phases
+        s_a, s_b = mixed, mixed
+        for t in range(4, 11):
+            y_a, s_a = net.step(x[:, t], s_a)
+            y_b, s_b = net.step(x[:, t], s_b, static=True)
+            assert_close(y_b, y_a, torch.float64)
+            assert_states_equal(s_b, s_a, torch.float64)
+
     def test_rows_at_different_phases_and_lengths(self, backbone_factory):
         net = backbone_factory(segment_len=4, memory_slots=2)
         x = torch.randn(3, 21, 5, dtype=torch.float64)

@@ -15,6 +15,8 @@ p = position in the current segment (``step % K``).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -131,12 +133,16 @@ class ELMURBackbone(nn.Module):
         return state
 
     # ------------------------------------------------------------------ streaming path
-    def step(self, x: Tensor, state: ELMURState | None = None) -> tuple[Tensor, ELMURState]:
+    def step(self, x: Tensor, state: ELMURState | None = None, *, static: bool = False) -> tuple[Tensor, ELMURState]:
         """Process one token per row.
 
         Args:
             x: ``[B, token_size]``.
             state: the state before this token (``None``: fresh). Rows may be at different steps.
+            static: compute the segment write for every row and keep it only where a segment
+                completes, instead of picking those rows first. Same result, no host sync and no
+                data-dependent shapes: the form ``torch.compile`` / CUDA graphs can capture whole
+                (see :meth:`compiled_step`); more work when M is large.
 
         Returns:
             ``(y [B, D], next_state)``. The input state is not modified.
@@ -169,7 +175,14 @@ class ELMURBackbone(nn.Module):
         cache[torch.arange(x.shape[0], device=x.device), :, :, :, p] = torch.stack(new_entries, 1)  # [B, L, 3, H, d]
 
         done = p == K - 1  # rows whose segment is now complete
-        if bool(done.any()):
+        if static:
+            seg_stamp = (state.step - p + 1)[:, None] + pos  # [B, K]
+            outs = [merge_heads(cache[:, i, CACHE_OUTPUT]) for i in range(len(self.layers))]
+            mem, time = self.commit_segment(memory, memory_time, outs, seg_stamp)
+            memory = torch.where(done[:, None, None, None], mem, memory)
+            memory_time = torch.where(done[:, None, None], time, memory_time)
+            cache = torch.where(done[:, None, None, None, None, None], torch.zeros_like(cache), cache)
+        elif bool(done.any()):
             idx = done.nonzero().squeeze(-1)
             seg_stamp = (state.step[idx] - p[idx] + 1)[:, None] + pos  # [b, K]
             outs = [merge_heads(cache[idx, i, CACHE_OUTPUT]) for i in range(len(self.layers))]  # [b, K, D] each
@@ -179,6 +192,11 @@ class ELMURBackbone(nn.Module):
             cache[idx] = 0.0  # the next segment starts with an empty cache
         y = self.final_norm(h[:, 0])
         return y, ELMURState(memory, memory_time, cache, state.step + 1)
+
+    def compiled_step(self, mode: str = "reduce-overhead"):
+        """``torch.compile`` of the static step path (one graph per step; CUDA graphs with the
+        default mode). Call it like :meth:`step`. Compilation happens on the first calls."""
+        return torch.compile(functools.partial(self.step, static=True), mode=mode)
 
     # ------------------------------------------------------------------ sequence path
     def forward(

@@ -25,6 +25,8 @@ def start_wandb(mode: str, project: str, run_dir: str | Path, config: dict, name
     """
     if mode not in MODES:
         raise ValueError(f"start_wandb: mode={mode!r} is invalid: expected one of {MODES}.")
+    if mode == "disabled":  # needs no wandb installed
+        return _NoRun()
     import wandb
 
     if mode == "online" and not (os.environ.get("WANDB_API_KEY") or _has_netrc_key()):
@@ -34,6 +36,16 @@ def start_wandb(mode: str, project: str, run_dir: str | Path, config: dict, name
     os.environ.setdefault("WANDB_SILENT", "true")
     return wandb.init(project=project, name=name, dir=str(run_dir), mode=mode, config=config, reinit="create_new",
                       settings=wandb.Settings(console="off", silent=True))
+
+
+class _NoRun:
+    """What ``start_wandb("disabled")`` returns: ``log`` and ``finish`` do nothing."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+    def finish(self, *args, **kwargs) -> None:
+        pass
 
 
 def _has_netrc_key() -> bool:
