@@ -1,5 +1,7 @@
 """Datasets and samplers."""
 from .episode_sampler import EpisodeStartSampler
 from .tmaze_dataset import collect_episodes, make_offline_replay_buffer, make_tmaze_dataset
+from .tmaze_mixed import BEHAVIOURS, DEFAULT_FRACTIONS, TMazeBehaviour, make_tmaze_mixed_dataset
 
-__all__ = ["EpisodeStartSampler", "collect_episodes", "make_offline_replay_buffer", "make_tmaze_dataset"]
+__all__ = ["BEHAVIOURS", "DEFAULT_FRACTIONS", "EpisodeStartSampler", "TMazeBehaviour", "collect_episodes",
+           "make_offline_replay_buffer", "make_tmaze_dataset", "make_tmaze_mixed_dataset"]
