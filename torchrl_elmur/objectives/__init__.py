@@ -1,4 +1,5 @@
-"""Losses."""
+"""Losses and value estimators."""
+from .recurrent_td0 import RecurrentTD0Estimator
 from .sequence_cross_entropy import SequenceCrossEntropyLoss
 
-__all__ = ["SequenceCrossEntropyLoss"]
+__all__ = ["RecurrentTD0Estimator", "SequenceCrossEntropyLoss"]
