@@ -1,0 +1,373 @@
+"""Offline IQL on mixed-quality T-Maze data: an ELMUR actor and ELMUR critics vs behaviour cloning.
+
+The agent sees a hint (goal up or down) only at the first step, walks a corridor, and must turn
+to the hinted side at the junction (reward 1 at the last step iff it does). The offline data mix
+30% oracle episodes with 50% episodes that walk the corridor but turn to the WRONG side and 20%
+that wander (random corridor moves, random turn): copying the data turns the wrong way. Implicit
+Q-learning (TorchRL's DiscreteIQLLoss) learns a Q-network and a value network from the rewards
+and clones the data weighted by exp(temperature * (Q - V)), i.e. mostly the turns that paid. The
+actor, the Q-network and the value network are all recurrent (the turn depends on a hint seen up
+to 30 steps earlier), each with its own ELMUR memory. We train on episodes of at most 30 steps
+and evaluate the actor on corridors up to 1,000 steps (or more, --eval-lengths).
+
+The script reads top to bottom:
+  1. Args        : every knob
+  2. the networks: encoder -> memory (ELMURModule | LSTMModule | GRUModule) -> head, for the actor
+                   (logits), the Q-network (one value per action) and the value network
+  3. the data    : mixed-quality episodes (torchrl_elmur.data.make_tmaze_mixed_dataset) in a
+                   TorchRL replay buffer, sampled as [B, T] batches that start at episode starts
+  4. training    : DiscreteIQLLoss (vmap off, recurrent TD(0) targets), SoftUpdate target
+                   Q-networks, AdamW; or, for the BC baseline, a cross-entropy loss
+  5. evaluation  : the batched T-Maze env, the actor streaming one step at a time
+  6. report      : table, CSV, PNG plot, checkpoints, wandb (offline), one JSON line
+
+    python tutorials/offline_iql.py                 # IQL with ELMUR, about 10 minutes on a 2-core CPU
+    python tutorials/offline_iql.py --compare       # IQL-elmur, BC-elmur, IQL-lstm, IQL-gru, one table
+    python tutorials/offline_iql.py --method bc     # behaviour cloning on the same mixed data
+    python tutorials/offline_iql.py --policy gru --eval-lengths 30 100 1000 10000
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
+from torch import nn
+from torch.distributions import Categorical
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor
+from torchrl.objectives import DiscreteIQLLoss, SoftUpdate
+from tqdm import trange
+
+from torchrl_elmur import ELMURConfig, ELMURModule
+from torchrl_elmur.data import BEHAVIOURS, make_offline_replay_buffer, make_tmaze_mixed_dataset
+from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
+from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
+from torchrl_elmur.training import start_wandb, tmaze_success_rate
+
+POLICIES = ("elmur", "lstm", "gru")
+METHODS = ("iql", "bc")
+COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Args
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Args:
+    method: str = "iql"  # iql | bc (behaviour cloning on the same data, the baseline)
+    policy: str = "elmur"  # memory module of the actor and the critics: elmur | lstm | gru
+    compare: bool = False  # run iql-elmur, bc-elmur, iql-lstm, iql-gru; one table
+    # data: fractions of oracle / wrong-turn / wandering episodes (torchrl_elmur/data/tmaze_mixed.py)
+    episodes: int = 2000
+    max_corridor: int = 28  # corridors uniform in 1..max_corridor (episodes of at most 30 steps)
+    oracle: float = 0.3
+    wrong_turn: float = 0.5
+    wander: float = 0.2
+    wander_noise: float = 0.5  # the wanderer's chance of a random action at each corridor step
+    # model
+    hidden: int = 128  # actor width (encoder, memory, as in offline_bc.py)
+    critic_hidden: int = 32  # width of the Q-network and the value network
+    segment_len: int = 10  # ELMUR K
+    memory_slots: int = 2  # ELMUR M
+    lru_blend: float = 0.0  # ELMUR lambda (published: 0.79; see offline_bc.py's make_memory for why 0)
+    detach_memory: bool = False  # ELMUR: stop gradients at segment boundaries (published: True)
+    # IQL
+    expectile: float = 0.7  # tau of the value network's expectile regression (see make_iql_loss)
+    temperature: float = 10.0  # beta: actor weights exp(beta * (Q - V)), clamped at 100 by TorchRL
+    gamma: float = 0.99
+    num_qvalue_nets: int = 1  # the actor and V use the min over these Q-networks (TorchRL's default: 2)
+    target_tau: float = 0.05  # SoftUpdate rate of the target Q-networks
+    # training
+    steps: int = 500  # gradient steps
+    batch: int = 64  # trajectories per batch
+    seq_len: int = 30  # steps per trajectory
+    lr: float = 6e-4  # actor (and BC) learning rate
+    critic_lr: float = 1e-3  # Q- and value-network learning rate
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.16  # BC baseline only (as offline_bc.py)
+    # evaluation
+    eval_lengths: list[int] = field(default_factory=lambda: [30, 100, 1000])  # corridor lengths
+    eval_episodes: int = 100  # per length, half with each goal side
+    eval_every: int = 100  # during training: success on the shortest eval corridor every this many steps (0: never)
+    # bookkeeping
+    seed: int = 0
+    out: str = "outputs/offline_iql"
+    wandb: str = "offline"  # offline | online | disabled
+    threads: int = 0  # torch threads (0: torch's default)
+
+
+def parse_args() -> Args:
+    d = Args()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", choices=METHODS, default=d.method, help="iql, or bc (the baseline)")
+    p.add_argument("--policy", choices=POLICIES, default=d.policy, help="memory module of the actor and critics")
+    p.add_argument("--compare", action="store_true", help="run iql-elmur, bc-elmur, iql-lstm, iql-gru; one table")
+    p.add_argument("--episodes", type=int, default=d.episodes, help="training episodes")
+    p.add_argument("--max-corridor", type=int, default=d.max_corridor, help="longest training corridor")
+    p.add_argument("--oracle", type=float, default=d.oracle, help="fraction of oracle episodes")
+    p.add_argument("--wrong-turn", type=float, default=d.wrong_turn, help="fraction of wrong-turn episodes")
+    p.add_argument("--wander", type=float, default=d.wander, help="fraction of wandering episodes")
+    p.add_argument("--wander-noise", type=float, default=d.wander_noise, help="wanderer's random-action probability")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="actor width")
+    p.add_argument("--critic-hidden", type=int, default=d.critic_hidden, help="Q- and value-network width")
+    p.add_argument("--segment-len", type=int, default=d.segment_len, help="ELMUR segment length K")
+    p.add_argument("--memory-slots", type=int, default=d.memory_slots, help="ELMUR memory slots M")
+    p.add_argument("--lru-blend", type=float, default=d.lru_blend, help="ELMUR LRU blend lambda (published: 0.79)")
+    p.add_argument("--detach-memory", action="store_true", help="ELMUR: no gradient through memory across segments")
+    p.add_argument("--expectile", type=float, default=d.expectile, help="IQL expectile tau")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="IQL inverse temperature beta")
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--num-qvalue-nets", type=int, default=d.num_qvalue_nets)
+    p.add_argument("--target-tau", type=float, default=d.target_tau, help="SoftUpdate rate of the target Q-networks")
+    p.add_argument("--steps", type=int, default=d.steps, help="gradient steps")
+    p.add_argument("--batch", type=int, default=d.batch, help="trajectories per batch")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="steps per trajectory in a batch")
+    p.add_argument("--lr", type=float, default=d.lr, help="actor learning rate")
+    p.add_argument("--critic-lr", type=float, default=d.critic_lr, help="Q- and value-network learning rate")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="BC baseline only")
+    p.add_argument("--eval-lengths", type=int, nargs="+", default=d.eval_lengths, help="corridor lengths to evaluate")
+    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes, help="episodes per corridor length (even)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="success on the shortest eval corridor every N steps (0: never)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out, help="output folder (table, CSV, PNG, checkpoints, wandb)")
+    p.add_argument("--wandb", choices=("offline", "online", "disabled"), default=d.wandb)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
+    args = Args(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+    if args.eval_episodes < 2 or args.eval_episodes % 2:
+        p.error(f"--eval-episodes must be even and >= 2 (both goal sides equally often), received {args.eval_episodes}")
+    if min(args.oracle, args.wrong_turn, args.wander) < 0 or abs(args.oracle + args.wrong_turn + args.wander - 1) > 1e-6:
+        p.error(f"--oracle, --wrong-turn and --wander must be >= 0 and sum to 1, received "
+                f"{args.oracle}, {args.wrong_turn}, {args.wander}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The networks: encoder -> memory -> head. Three of them, each with its own memory.
+#
+# Backbones are NOT shared. DiscreteIQLLoss makes each network functional: it keeps
+# `num_qvalue_nets` copies of the Q-network's parameters plus target copies, and runs the actor,
+# the Q-networks and the value network as separate calls on the batch. A shared memory backbone
+# would be copied into every Q-network anyway, would be run once per network regardless, and
+# would train one memory on three objectives of different scales (weighted log-likelihood,
+# TD regression, expectile regression). So each network owns its encoder and memory, and its
+# recurrent state keys carry its own prefix (actor_*, qvalue_*, value_*): ELMURModule's
+# `state_prefix`, explicit state keys for LSTMModule/GRUModule. The critics are narrower than
+# the actor (--critic-hidden) because only the actor is evaluated on long corridors.
+# ----------------------------------------------------------------------------------------------
+def make_memory(kind: str, args: Args, prefix: str, width: int) -> nn.Module:
+    value, output = f"{prefix}_embed", f"{prefix}_memory"
+    if kind == "elmur":
+        # as offline_bc.py: lru_blend=0 and gradients through memory (its make_memory says why)
+        config = ELMURConfig.tmaze(input_size=width, d_model=width, segment_len=args.segment_len,
+                                   memory_slots=args.memory_slots, lru_blend=args.lru_blend,
+                                   detach_memory=args.detach_memory)
+        return ELMURModule(config=config, in_key=value, out_key=output, state_prefix=prefix)
+    if kind == "lstm":
+        h, c = f"{prefix}_h", f"{prefix}_c"
+        return LSTMModule(input_size=width, hidden_size=width, in_keys=[value, h, c], out_keys=[output, ("next", h), ("next", c)])
+    h = f"{prefix}_h"
+    return GRUModule(input_size=width, hidden_size=width, in_keys=[value, h], out_keys=[output, ("next", h)])
+
+
+def make_network(kind: str, args: Args, prefix: str, width: int, out_key: str, out_size: int) -> TensorDictSequential:
+    encoder = TensorDictModule(nn.Sequential(nn.Linear(OBS_DIM, width), nn.GELU()), ["observation"], [f"{prefix}_embed"])
+    head = TensorDictModule(nn.Linear(width, out_size), [f"{prefix}_memory"], [out_key])
+    return TensorDictSequential(encoder, make_memory(kind, args, prefix, width), head)
+
+
+def make_actor(kind: str, args: Args) -> ProbabilisticActor:
+    return ProbabilisticActor(
+        make_network(kind, args, "actor", args.hidden, "logits", NUM_ACTIONS),
+        in_keys=["logits"], out_keys=["action"], distribution_class=Categorical,
+        default_interaction_type=InteractionType.DETERMINISTIC,  # greedy action at evaluation
+    )
+
+
+def make_critics(kind: str, args: Args) -> tuple[TensorDictSequential, TensorDictSequential]:
+    qvalue = make_network(kind, args, "qvalue", args.critic_hidden, "state_action_value", NUM_ACTIONS)  # Q(h_t, .)
+    value = make_network(kind, args, "value", args.critic_hidden, "state_value", 1)  # V(h_t)
+    return qvalue, value
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The data
+# ----------------------------------------------------------------------------------------------
+def make_data(args: Args):
+    fractions = {"oracle": args.oracle, "wrong_turn": args.wrong_turn, "wander": args.wander}
+    data = make_tmaze_mixed_dataset(args.episodes, fractions=fractions, wander_noise=args.wander_noise,
+                                    max_corridor=args.max_corridor, seed=args.seed)
+    starts = data["is_init"].squeeze(-1)
+    returns = torch.zeros(args.episodes).index_add_(0, data["episode"], data["next", "reward"].squeeze(-1))
+    behaviour = data["behaviour"][starts]
+    print(f"data: {args.episodes} episodes, {data.numel()} transitions, mean return {returns.mean():.2f}; "
+          + ", ".join(f"{name} {int((behaviour == i).sum())} (return {returns[behaviour == i].mean():.2f})"
+                      for i, name in enumerate(BEHAVIOURS) if (behaviour == i).any()))
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Training
+# ----------------------------------------------------------------------------------------------
+def make_iql_loss(actor: ProbabilisticActor, kind: str, args: Args) -> DiscreteIQLLoss:
+    # Temperature and expectile for a sparse reward. At the junction Q(h, turn) tends to 1 for the
+    # hinted side and 0 for the other. Along the corridor the next observation does not depend on the
+    # action, so Q(h, .) is nearly flat there, advantages are ~0 and the actor copies the data's
+    # majority: right. At the junction the data turn the wrong way 5 times for 3 correct turns, and
+    # the actor's target odds (correct : wrong) are 0.6 * exp(beta * (Q_correct - Q_wrong)):
+    # 0.6 * e^10 once Q is sharp with beta = 10, but only 1.6 with beta = 1 and < 1 (the wrong turn,
+    # as BC) for beta < 0.5. A large beta also lets a half-trained Q (0.6 vs 0.2, say) already give
+    # the correct turn odds of 30:1. The expectile tau puts V(h) between the values of the data's
+    # actions (tau = 0.7: V ~ 0.55 at the junction); any tau in (0.5, 1) keeps the correct turn's
+    # advantage positive and the wrong turn's negative, so beta does the work. TorchRL clamps the
+    # weights exp(beta * A) at 100. One Q-network (TorchRL's default is 2) halves the critic cost:
+    # IQL only queries Q at the data's actions, so the overestimation that a min over two Q-networks
+    # guards against matters less; --num-qvalue-nets 2 restores it.
+    qvalue, value = make_critics(kind, args)
+    loss = DiscreteIQLLoss(actor, qvalue, value, action_space="categorical", num_qvalue_nets=args.num_qvalue_nets,
+                           expectile=args.expectile, temperature=args.temperature)
+    # vmap: DiscreteIQLLoss runs its Q-network(s) under torch.vmap (over parameter copies). None of
+    # the three memories can run there: ELMURModule hits data-dependent control flow, LSTMModule and
+    # GRUModule have no batching rule for aten::lstm / aten::gru unless built with python_based=True.
+    # DiscreteIQLLoss takes no `deactivate_vmap` argument: set the flag, then rebuild the cached
+    # vmapped Q caller as a plain loop.
+    loss.deactivate_vmap = True
+    loss._make_vmap()
+    # Q-targets r + gamma V(s_{t+1}): TorchRL's TD(0) runs V on the next-observations alone, which
+    # for a recurrent V drops each row's first observation (the hint!). RecurrentTD0Estimator runs
+    # V once over the row and its last next-observation instead (torchrl_elmur/objectives).
+    loss.make_value_estimator(RecurrentTD0Estimator, gamma=args.gamma, value_network=loss.value_network)
+    return loss
+
+
+def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, run, name: str):
+    buffer = make_offline_replay_buffer(data, args.batch, args.seq_len, seed=args.seed)
+    if method == "iql":
+        loss_module = make_iql_loss(actor, kind, args)
+        target_updater = SoftUpdate(loss_module, tau=args.target_tau)  # target Q-networks follow slowly
+        groups = [loss_module.actor_network_params, loss_module.qvalue_network_params, loss_module.value_network_params]
+        groups = [list(g.parameters()) for g in groups]  # clip each network's gradient on its own
+        loss_keys = ["loss_actor", "loss_qvalue", "loss_value"]
+    else:
+        loss_module = SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing)
+        target_updater, groups, loss_keys = None, [list(actor.parameters())], ["loss_bc"]
+    lrs = [args.lr] + [args.critic_lr] * (len(groups) - 1)  # actor first
+    optimizer = torch.optim.AdamW([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)])
+    loss_module.train()
+    start = time.perf_counter()
+    bar = trange(args.steps, desc=f"train {name}", dynamic_ncols=True)
+    success = None
+    for step in bar:
+        batch = buffer.sample().reshape(args.batch, args.seq_len)  # [B, T], each row from an episode start
+        losses = loss_module(batch)  # runs every network in recurrent mode
+        optimizer.zero_grad()
+        sum(losses[k] for k in loss_keys).backward()
+        grad_norms = [nn.utils.clip_grad_norm_(g, args.grad_clip) for g in groups]
+        optimizer.step()
+        if target_updater is not None:
+            target_updater.step()
+        look = args.eval_every and (step + 1) % args.eval_every == 0  # a quick look at the greedy policy
+        if look:
+            success = evaluate(actor, min(args.eval_lengths), args.eval_episodes, seed=args.seed + 20_000)
+            loss_module.train()
+            run.log({f"{name}/success_during_training": success, f"{name}/step": step})
+        if step % 10 == 0 or step == args.steps - 1 or look:
+            logs = {k: losses[k].item() for k in loss_keys}
+            bar.set_postfix({**{k.removeprefix("loss_"): f"{v:.3f}" for k, v in logs.items()},
+                             **({"success": f"{success:.2f}"} if success is not None else {})})
+            run.log({**{f"{name}/{k}": v for k, v in logs.items()}, f"{name}/grad_norm": grad_norms[0].item(),
+                     f"{name}/step": step})
+    return time.perf_counter() - start, loss_module
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Evaluation: the actor streams through the batched env, one TorchRL step at a time
+#    (torchrl_elmur.training.tmaze_success_rate, shared with offline_bc.py)
+# ----------------------------------------------------------------------------------------------
+def evaluate(actor: ProbabilisticActor, corridor_length: int, episodes: int, seed: int) -> float:
+    actor.eval()
+    with set_exploration_type(ExplorationType.DETERMINISTIC):  # greedy actions
+        return tmaze_success_rate(actor, corridor_length, episodes, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Run and report
+# ----------------------------------------------------------------------------------------------
+def run_one(method: str, kind: str, data, args: Args, run, out: Path) -> dict:
+    name = f"{method}-{kind}"
+    torch.manual_seed(args.seed)
+    actor = make_actor(kind, args)
+    train_seconds, loss_module = train(actor, method, kind, data, args, run, name)
+    torch.save({"actor": actor.state_dict(), "loss": loss_module.state_dict(), "args": asdict(args)}, out / f"{name}.pt")
+    success, eval_seconds = {}, {}
+    for length in args.eval_lengths:
+        t0 = time.perf_counter()
+        success[str(length)] = evaluate(actor, length, args.eval_episodes, seed=args.seed + 10_000)
+        eval_seconds[str(length)] = time.perf_counter() - t0
+        run.log({f"{name}/success_c{length}": success[str(length)]})
+        print(f"  {name:>10} corridor {length:>7}: success {success[str(length)]:.2f}  ({eval_seconds[str(length)]:.1f} s)")
+    params = sum(p.numel() for p in actor.parameters())
+    return {"success": success, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "params": params}
+
+
+def report(results: dict, args: Args, out: Path) -> None:
+    lengths = [str(c) for c in args.eval_lengths]
+    header = f"{'run':>10} {'actor params':>12} {'train s':>8} " + " ".join(f"{'c=' + c:>9}" for c in lengths)
+    print(f"\nSuccess rate (mixed data: {args.oracle:.0%} oracle, {args.wrong_turn:.0%} wrong turn, {args.wander:.0%} "
+          f"wander; trained on corridors <= {args.max_corridor}, {args.eval_episodes} eval episodes per length)")
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(f"{name:>10} {r['params']:>12,} {r['train_seconds']:>8.0f} " + " ".join(f"{r['success'][c]:>9.2f}" for c in lengths))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "policy", "corridor_length", "success", "train_seconds", "eval_seconds"])
+        for name, r in results.items():
+            method, kind = name.split("-")
+            for c in lengths:
+                writer.writerow([method, kind, c, r["success"][c], f"{r['train_seconds']:.1f}", f"{r['eval_seconds'][c]:.1f}"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results.items():
+        ax.plot([int(c) for c in lengths], [r["success"][c] for c in lengths], marker="o", label=name,
+                ls="--" if name.startswith("bc") else "-")
+    ax.set(xscale="log", xlabel="corridor length (steps)", ylabel="success rate", ylim=(-0.05, 1.05),
+           title=f"T-Maze, mixed-quality data, trained on corridors <= {args.max_corridor}")
+    ax.axvline(args.max_corridor, color="grey", ls=":", lw=1)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "success_vs_length.png", dpi=120)
+    print(f"wrote {out / 'results.csv'}, {out / 'success_vs_length.png'} and checkpoints {', '.join(f'{k}.pt' for k in results)}")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = start_wandb(args.wandb, project="torchrl_elmur", run_dir=out, config=asdict(args), name="offline_iql")
+    data = make_data(args)
+    runs = COMPARE if args.compare else ((args.method, args.policy),)
+    results = {}
+    for method, kind in runs:
+        print(f"== {method}-{kind}")
+        results[f"{method}-{kind}"] = run_one(method, kind, data, args, run, out)
+    report(results, args, out)
+    run.finish()
+    print(json.dumps({k: {"success": r["success"], "train_seconds": round(r["train_seconds"], 1)} for k, r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
