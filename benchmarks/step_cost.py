@@ -33,6 +33,7 @@ class Args:
     repeats: int = 3  # timed repetitions (the best is kept)
     batches: tuple[int, ...] = (1, 256)
     segment_lens: tuple[int, ...] = (10, 60)
+    threads: int = 0  # torch threads (0: torch's default; 1 is steadier on a shared machine)
     out: str = "outputs/benchmarks"
 
 
@@ -43,9 +44,10 @@ def parse_args() -> Args:
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--batches", type=int, nargs="+", default=list(d.batches))
     p.add_argument("--segment-lens", type=int, nargs="+", default=list(d.segment_lens))
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
     p.add_argument("--out", default=d.out)
     a = p.parse_args()
-    return Args(a.device, a.repeats, tuple(a.batches), tuple(a.segment_lens), a.out)
+    return Args(a.device, a.repeats, tuple(a.batches), tuple(a.segment_lens), a.threads, a.out)
 
 
 @torch.no_grad()
@@ -76,6 +78,8 @@ def window_recompute_ms(net: ELMURBackbone, batch: int, repeats: int, device: st
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for K in args.segment_lens:
         net = ELMURBackbone(ELMURConfig.tmaze(segment_len=K)).to(args.device).eval()

@@ -242,7 +242,7 @@ def main() -> None:
         results[kind] = run_policy(kind, args, run, out)
     report(results, args, out)
     run.finish()
-    print(json.dumps({k: {"success": r["success"], "train_seconds": round(r["train_seconds"], 1)} for k, r in results.items()}))
+    print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"]} for k, r in results.items()}))
 
 
 if __name__ == "__main__":
