@@ -39,12 +39,13 @@ class Args:
     batches: int = 4  # timed batches (after one warm-up batch)
     out: str = "outputs/benchmarks"
     seed: int = 0
+    threads: int = 1  # torch threads; with 2 on a 2-core box, small ops in a Collector slow down ~10x
 
 
 def parse_args() -> Args:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = Args()
-    for field in ("env", "num_envs", "frames_per_batch", "batches", "out", "seed"):
+    for field in ("env", "num_envs", "frames_per_batch", "batches", "out", "seed", "threads"):
         p.add_argument(f"--{field.replace('_', '-')}", type=type(getattr(d, field)), default=getattr(d, field))
     return Args(**vars(p.parse_args()))
 
@@ -102,6 +103,8 @@ def measure(kind: str, size: str, args: Args) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [measure(kind, size, args) for size in SIZES for kind in ("elmur", "gru", "lstm")]
     print(f"\nCollector throughput on {args.env} x{args.num_envs}, {args.frames_per_batch * args.batches} timed frames, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
