@@ -1,6 +1,7 @@
 """Offline T-Maze data: oracle episodes, generated deterministically (no downloads)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +36,20 @@ def collect_episodes(policy, corridor_lengths: torch.Tensor, seed: int = 0) -> T
     return rollout[keep]
 
 
+def cached_dataset(cache: str | Path | None, meta: dict, build: Callable[[], TensorDict]) -> TensorDict:
+    """``build()``, or the copy saved in ``cache`` when it was made with the same ``meta``
+    (the generator's arguments); a new build is saved there. ``cache=None``: always build."""
+    if cache is not None and Path(cache).exists():
+        saved = torch.load(cache, weights_only=False)
+        if saved["meta"] == meta:
+            return saved["data"]
+    data = build()
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"meta": meta, "data": data}, cache)
+    return data
+
+
 def make_tmaze_dataset(num_episodes: int = 2000, min_corridor: int = 1, max_corridor: int = 28, seed: int = 0,
                        cache: str | Path | None = None) -> TensorDict:
     """Oracle T-Maze episodes with corridor lengths uniform in ``[min_corridor, max_corridor]``.
@@ -49,17 +64,13 @@ def make_tmaze_dataset(num_episodes: int = 2000, min_corridor: int = 1, max_corr
     if not 1 <= min_corridor <= max_corridor:
         raise ValueError(f"make_tmaze_dataset: need 1 <= min_corridor <= max_corridor, received {min_corridor}, {max_corridor}.")
     meta = dict(num_episodes=num_episodes, min_corridor=min_corridor, max_corridor=max_corridor, seed=seed)
-    if cache is not None and Path(cache).exists():
-        saved = torch.load(cache, weights_only=False)
-        if saved["meta"] == meta:
-            return saved["data"]
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(min_corridor, max_corridor + 1, (num_episodes,), generator=g)
-    data = collect_episodes(TMazeOracle(), lengths, seed=seed)
-    if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"meta": meta, "data": data}, cache)
-    return data
+
+    def build() -> TensorDict:
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(min_corridor, max_corridor + 1, (num_episodes,), generator=g)
+        return collect_episodes(TMazeOracle(), lengths, seed=seed)
+
+    return cached_dataset(cache, meta, build)
 
 
 def make_offline_replay_buffer(data: TensorDict, batch_size: int, seq_len: int, seed: int | None = None) -> TensorDictReplayBuffer:

@@ -26,7 +26,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from ..envs import TMazeOracle
 from ..envs.tmaze_rules import DOWN, NUM_ACTIONS, UP
-from .tmaze_dataset import collect_episodes
+from .tmaze_dataset import cached_dataset, collect_episodes
 
 BEHAVIOURS = ("oracle", "wrong_turn", "wander")  # the int in the dataset's "behaviour" key indexes this
 DEFAULT_FRACTIONS = {"oracle": 0.3, "wrong_turn": 0.5, "wander": 0.2}
@@ -148,32 +148,29 @@ def make_tmaze_mixed_dataset(num_episodes: int = 2000, fractions: dict[str, floa
     counts = episode_counts(num_episodes, fractions)
     meta = dict(num_episodes=num_episodes, fractions=fractions, wander_noise=wander_noise, min_corridor=min_corridor,
                 max_corridor=max_corridor, seed=seed)
-    if cache is not None and Path(cache).exists():
-        saved = torch.load(cache, weights_only=False)
-        if saved["meta"] == meta:
-            return saved["data"]
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(min_corridor, max_corridor + 1, (num_episodes,), generator=g)
-    policies = behaviour_policies(wander_noise, seed=seed)
-    parts, offset = [], 0
-    for index, name in enumerate(BEHAVIOURS):
-        n = counts[name]
-        if n == 0:
-            continue
-        # episodes offset..offset+n-1 play env streams seed+offset.. (disjoint across behaviours)
-        part = collect_episodes(policies[name], lengths[offset:offset + n], seed=seed + offset)
-        part["episode"] = part["episode"] + offset
-        part["behaviour"] = torch.full_like(part["episode"], index)
-        parts.append(part)
-        offset += n
-    data = torch.cat(parts, 0)
-    rank = torch.empty(num_episodes, dtype=torch.int64)
-    rank[torch.randperm(num_episodes, generator=g)] = torch.arange(num_episodes)  # shuffled storage position
-    new_episode = rank[data["episode"]]
-    order = torch.sort(new_episode, stable=True).indices  # stable: steps stay in order within an episode
-    data = data[order]
-    data["episode"] = new_episode[order]
-    if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"meta": meta, "data": data}, cache)
-    return data
+
+    def build() -> TensorDict:
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(min_corridor, max_corridor + 1, (num_episodes,), generator=g)
+        policies = behaviour_policies(wander_noise, seed=seed)
+        parts, offset = [], 0
+        for index, name in enumerate(BEHAVIOURS):
+            n = counts[name]
+            if n == 0:
+                continue
+            # episodes offset..offset+n-1 play env streams seed+offset.. (disjoint across behaviours)
+            part = collect_episodes(policies[name], lengths[offset:offset + n], seed=seed + offset)
+            part["episode"] = part["episode"] + offset
+            part["behaviour"] = torch.full_like(part["episode"], index)
+            parts.append(part)
+            offset += n
+        data = torch.cat(parts, 0)
+        rank = torch.empty(num_episodes, dtype=torch.int64)
+        rank[torch.randperm(num_episodes, generator=g)] = torch.arange(num_episodes)  # shuffled storage position
+        new_episode = rank[data["episode"]]
+        order = torch.sort(new_episode, stable=True).indices  # stable: steps stay in order within an episode
+        data = data[order]
+        data["episode"] = new_episode[order]
+        return data
+
+    return cached_dataset(cache, meta, build)
