@@ -7,7 +7,11 @@
 #
 # Python packages: the project's own set (torch with CUDA, torchrl, tensordict, gymnasium, tqdm,
 # matplotlib). Where they are missing and no network is reachable, put their wheels in .whl/ and
-# they are installed into /tmp/site first.
+# they are installed into /tmp/site first. For a Python 3.12 image with CUDA torch, from a machine
+# with PyPI access (.whl is git-ignored via .git/info/exclude, never committed):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     torchrl==0.14.1 tensordict==0.14.3 gymnasium==1.4.0 farama-notifications hoptorch pyvers orjson importlib_metadata
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-outputs/gpu_check}"
