@@ -46,17 +46,17 @@ class TestErrs:
     def test_wrong_state_shape(self, backbone_factory):
         net = backbone_factory()
         other = backbone_factory(memory_slots=3).initial_state(2)
-        with pytest.raises(ValueError, match=re.escape("ELMURState.memory: expected shape [2, 2, 2, 16], received [2, 2, 3, 16]")):
+        with pytest.raises(ValueError, match=re.escape("ELMURState.memory must have shape [2, 2, 2, 16], received [2, 2, 3, 16]")):
             net(torch.randn(2, 4, 5, dtype=torch.float64), other)
         wrong_batch = net.initial_state(3)
-        with pytest.raises(ValueError, match="expected shape"):
+        with pytest.raises(ValueError, match="must have shape"):
             net.step(torch.randn(2, 5, dtype=torch.float64), wrong_batch)
 
     def test_wrong_state_dtype(self, backbone_factory):
         net = backbone_factory()
         state = net.initial_state(2)
         state.memory_time = state.memory_time.float()
-        with pytest.raises(ValueError, match="memory_time: expected dtype torch.int64, received torch.float32"):
+        with pytest.raises(ValueError, match="memory_time must have dtype torch.int64, received torch.float32"):
             net(torch.randn(2, 4, 5, dtype=torch.float64), state)
 
     def test_bad_lengths(self, backbone_factory):

@@ -175,21 +175,20 @@ class ELMURBackbone(nn.Module):
         cache[torch.arange(x.shape[0], device=x.device), :, :, :, p] = torch.stack(new_entries, 1)  # [B, L, 3, H, d]
 
         done = p == K - 1  # rows whose segment is now complete
-        if static:
-            seg_stamp = (state.step - p + 1)[:, None] + pos  # [B, K]
-            outs = [merge_heads(cache[:, i, CACHE_OUTPUT]) for i in range(len(self.layers))]
-            mem, time = self.commit_segment(memory, memory_time, outs, seg_stamp)
-            memory = torch.where(done[:, None, None, None], mem, memory)
-            memory_time = torch.where(done[:, None, None], time, memory_time)
-            cache = torch.where(done[:, None, None, None, None, None], torch.zeros_like(cache), cache)
-        elif bool(done.any()):
-            idx = done.nonzero().squeeze(-1)
-            seg_stamp = (state.step[idx] - p[idx] + 1)[:, None] + pos  # [b, K]
-            outs = [merge_heads(cache[idx, i, CACHE_OUTPUT]) for i in range(len(self.layers))]  # [b, K, D] each
-            mem, time = self.commit_segment(memory[idx], memory_time[idx], outs, seg_stamp)
-            memory = memory.index_copy(0, idx, mem)
-            memory_time = memory_time.index_copy(0, idx, time)
-            cache[idx] = 0.0  # the next segment starts with an empty cache
+        if static or bool(done.any()):
+            # static: write every row, keep it where done; else write the done rows only
+            rows = slice(None) if static else done.nonzero().squeeze(-1)
+            seg_stamp = (state.step - p + 1)[rows, None] + pos  # [b, K]
+            outs = [merge_heads(cache[rows, i, CACHE_OUTPUT]) for i in range(len(self.layers))]  # [b, K, D] each
+            mem, time = self.commit_segment(memory[rows], memory_time[rows], outs, seg_stamp)
+            if static:
+                memory = torch.where(done[:, None, None, None], mem, memory)
+                memory_time = torch.where(done[:, None, None], time, memory_time)
+                cache = torch.where(done[:, None, None, None, None, None], torch.zeros_like(cache), cache)
+            else:
+                memory = memory.index_copy(0, rows, mem)
+                memory_time = memory_time.index_copy(0, rows, time)
+                cache[rows] = 0.0  # the next segment starts with an empty cache
         y = self.final_norm(h[:, 0])
         return y, ELMURState(memory, memory_time, cache, state.step + 1)
 

@@ -9,6 +9,17 @@ from torch import Tensor
 from .config import ELMURConfig
 
 CACHE_KEY, CACHE_VALUE, CACHE_OUTPUT = 0, 1, 2
+INT_FIELDS = ("memory_time", "step")  # int64 whatever the model's dtype
+
+
+def check_tensor(label: str, value, shape: tuple[int, ...], dtype: torch.dtype, hint: str = "") -> None:
+    """Raise an error naming ``label``, the expected and the received shape or dtype."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{label} must be a Tensor, received {type(value).__name__}.")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{label} must have shape {list(shape)}, received {list(value.shape)}{hint}.")
+    if value.dtype != dtype:
+        raise ValueError(f"{label} must have dtype {dtype}, received {value.dtype}.")
 
 
 @dataclass
@@ -34,40 +45,34 @@ class ELMURState:
     step: Tensor
 
     @staticmethod
-    def shapes(config: ELMURConfig, batch: int) -> dict[str, tuple[int, ...]]:
-        """Expected shape of every field for a batch of ``batch`` rows."""
+    def field_specs(config: ELMURConfig, dtype: torch.dtype = torch.float32) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Per-row shape (no batch dim) and dtype of every field, in field order: the one place
+        that knows the state's layout."""
         c = config
-        return {
-            "memory": (batch, c.num_layers, c.memory_slots, c.d_model),
-            "memory_time": (batch, c.num_layers, c.memory_slots),
-            "cache": (batch, c.num_layers, 3, c.num_heads, c.segment_len, c.head_dim),
-            "step": (batch,),
+        shapes = {
+            "memory": (c.num_layers, c.memory_slots, c.d_model),
+            "memory_time": (c.num_layers, c.memory_slots),
+            "cache": (c.num_layers, 3, c.num_heads, c.segment_len, c.head_dim),
+            "step": (),
         }
+        return {name: (shape, torch.int64 if name in INT_FIELDS else dtype) for name, shape in shapes.items()}
+
+    @classmethod
+    def shapes(cls, config: ELMURConfig, batch: int) -> dict[str, tuple[int, ...]]:
+        """Expected shape of every field for a batch of ``batch`` rows."""
+        return {name: (batch, *shape) for name, (shape, _) in cls.field_specs(config).items()}
 
     @classmethod
     def zeros(cls, config: ELMURConfig, batch: int, *, dtype=torch.float32, device=None) -> "ELMURState":
         """The fresh-episode state."""
-        shapes = cls.shapes(config, batch)
-        as_float = {"memory", "cache"}
-        return cls(**{
-            name: torch.zeros(shape, dtype=dtype if name in as_float else torch.int64, device=device)
-            for name, shape in shapes.items()
-        })
+        return cls(**{name: torch.zeros((batch, *shape), dtype=dt, device=device)
+                      for name, (shape, dt) in cls.field_specs(config, dtype).items()})
 
     def validate(self, config: ELMURConfig, batch: int, dtype: torch.dtype) -> None:
-        """Raise ``ValueError`` naming the field, the expected and the received shape/dtype."""
-        for name, shape in self.shapes(config, batch).items():
-            value = getattr(self, name)
-            expected_dtype = torch.int64 if name in ("memory_time", "step") else dtype
-            if not isinstance(value, Tensor):
-                raise TypeError(f"ELMURState.{name}: expected a Tensor, received {type(value).__name__}.")
-            if tuple(value.shape) != shape:
-                raise ValueError(
-                    f"ELMURState.{name}: expected shape {list(shape)}, received {list(value.shape)} "
-                    f"(does the state come from another ELMURConfig?)."
-                )
-            if value.dtype != expected_dtype:
-                raise ValueError(f"ELMURState.{name}: expected dtype {expected_dtype}, received {value.dtype}.")
+        """Raise an error naming the field, the expected and the received shape/dtype."""
+        for name, (shape, dt) in self.field_specs(config, dtype).items():
+            check_tensor(f"ELMURState.{name}", getattr(self, name), (batch, *shape), dt,
+                         hint=" (does the state come from another ELMURConfig?)")
 
     def map(self, fn) -> "ELMURState":
         """Apply ``fn`` to every field (e.g. ``lambda t: t[idx]``)."""

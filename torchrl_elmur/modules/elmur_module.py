@@ -1,6 +1,7 @@
 """ELMURModule: the ELMUR backbone as a TorchRL recurrent module, a drop-in for GRUModule/LSTMModule."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -13,9 +14,10 @@ from torchrl.envs.transforms import TensorDictPrimer
 from torchrl.modules import recurrent_mode as _global_recurrent_mode
 
 from ..core import ELMURBackbone, ELMURConfig, ELMURState
+from ..core.state import check_tensor
 from .trajectories import trajectory_layout
 
-STATE_FIELDS = ("memory", "memory_time", "cache", "step")  # ELMURState fields, in key order
+STATE_FIELDS = tuple(f.name for f in dataclasses.fields(ELMURState))  # memory, memory_time, cache, step: key order
 
 
 class ELMURModule(TensorDictModuleBase):
@@ -184,12 +186,10 @@ class ELMURModule(TensorDictModuleBase):
         return self.backbone.dtype
 
     def state_feature_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Per-environment shape and dtype of each state field (no batch dims)."""
-        shapes = ELMURState.shapes(self.config, 1)
-        feats = {name: (tuple(shapes[name][1:]), torch.int64 if name in ("memory_time", "step") else self.dtype)
-                 for name in STATE_FIELDS}
-        feats["step"] = ((1,), torch.int64)
-        return feats
+        """Per-environment shape and dtype of each state field (no batch dims); the step counter
+        gets a trailing dim of 1 in the TensorDict (``[*B, 1]``, like ``is_init``)."""
+        specs = ELMURState.field_specs(self.config, self.dtype)
+        return {name: (shape or (1,), dtype) for name, (shape, dtype) in specs.items()}
 
     def make_tensordict_primer(self) -> TensorDictPrimer:
         """A :class:`~torchrl.envs.transforms.TensorDictPrimer` that declares the state keys to the env
@@ -262,14 +262,8 @@ class ELMURModule(TensorDictModuleBase):
         for key, (shape, dtype) in zip(self.state_keys, self.state_feature_shapes().values()):
             value = td.get(key, None)
             if value is not None:
-                expected = (*td.batch_size, *shape)
-                if tuple(value.shape) != expected:
-                    raise ValueError(
-                        f"ELMURModule: state {key!r} must have shape {list(expected)}, received {list(value.shape)} "
-                        f"(a state from another config?)."
-                    )
-                if value.dtype != dtype:
-                    raise ValueError(f"ELMURModule: state {key!r} must have dtype {dtype}, received {value.dtype}.")
+                check_tensor(f"ELMURModule: state {key!r}", value, (*td.batch_size, *shape), dtype,
+                             hint=" (a state from another config?)")
             tensors.append(value)
         return tensors
 
