@@ -31,7 +31,7 @@ from torchrl.envs.utils import step_mdp
 from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, format_table, machine, sync, write_csv  # noqa: E402
+from common import best_of, format_table, machine, write_csv  # noqa: E402
 from step_cost import step_path_ms, window_recompute_ms  # noqa: E402
 
 from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402

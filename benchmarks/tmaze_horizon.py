@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tutorials"))
 import offline_bc  # noqa: E402  (the tutorial: its Args, make_actor and train are the recipe)
 from common import format_table, machine, write_csv  # noqa: E402
 
-from torchrl_elmur.training import start_wandb, tmaze_success_rate  # noqa: E402
+from torchrl_elmur.training import plot_success_vs_length, start_wandb, tmaze_success_rate  # noqa: E402
 
 FULL = [10, 30, 100, 1000, 10_000, 100_000, 1_000_000]
 QUICK = [10, 30, 100, 1000, 10_000]
@@ -108,9 +107,8 @@ def main() -> None:
                 row["status"] = "skipped"
             else:
                 start = time.perf_counter()
-                with set_exploration_type(ExplorationType.DETERMINISTIC):
-                    row["success"] = tmaze_success_rate(actor, length, args.eval_episodes, seed=args.seed + 10_000,
-                                                        device=args.device, progress=length >= 10_000)
+                row["success"] = tmaze_success_rate(actor, length, args.eval_episodes, seed=args.seed + 10_000,
+                                                    device=args.device, progress=length >= 10_000)  # greedy
                 row["eval_seconds"] = time.perf_counter() - start
                 row["status"] = "ok"
                 at_chance = at_chance + 1 if row["success"] <= CHANCE else 0
@@ -130,22 +128,10 @@ def main() -> None:
         print(f"  {kind}: " + (f"below 0.95 from corridor {lengths[0]:,} on" if lengths else "0.95 or better at every length"))
     write_csv(rows, out / "tmaze_horizon.csv")
     (out / "tmaze_horizon.md").write_text(f"### {title}\n\n{format_table(rows, cols, markdown=True)}\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for kind in args.policies:
-        pts = [(r["corridor_length"], r["success"]) for r in rows if r["policy"] == kind and "success" in r]
-        ax.plot(*zip(*pts), marker="o", label=kind)
-    ax.set(xscale="log", xlabel="corridor length (steps)", ylabel="success rate", ylim=(-0.05, 1.05),
-           title="T-Maze: trained on <= 30-step episodes")
-    ax.axvline(offline_bc.Args.max_corridor, color="grey", ls=":", lw=1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "tmaze_horizon.png", dpi=120)
+    curves = {k: {r["corridor_length"]: r["success"] for r in rows if r["policy"] == k and "success" in r}
+              for k in args.policies}
+    plot_success_vs_length(curves, out / "tmaze_horizon.png", "T-Maze: trained on <= 30-step episodes",
+                           train_max=offline_bc.Args.max_corridor)
     print(f"wrote {out}/tmaze_horizon.csv, .md, .png ({time.perf_counter() - t0:.0f} s in all)")
     summary = {k: {str(r["corridor_length"]): r.get("success") for r in rows if r["policy"] == k} for k in args.policies}
     print(json.dumps({"benchmark": "tmaze_horizon", "device": args.device, "machine": machine(args.device),

@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from torchrl_elmur import ELMURBackbone, ELMURConfig, ELMURState, window_recompute
+from torchrl_elmur import ELMURBackbone, ELMURState, window_recompute
 
 
 def run_steps(net, x, state=None):

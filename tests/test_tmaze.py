@@ -155,3 +155,23 @@ class TestDataset:
         rb = make_offline_replay_buffer(data, batch_size=2, seq_len=7)
         with pytest.raises(ValueError, match="batch_size=10 must be a multiple of seq_len=7"):
             rb.sample(10)
+
+
+class TestEvaluation:
+    def test_greedy_oracle_and_training_mode_restored(self):
+        """tmaze_success_rate runs the policy greedily in eval mode and gives its mode back."""
+        from torch import nn
+
+        from torchrl_elmur.training import tmaze_success_rate
+
+        oracle = TMazeOracle()
+        probe = nn.Dropout()  # a submodule whose mode is observable
+        oracle.probe = probe
+        oracle.train()
+        assert tmaze_success_rate(oracle, 6, episodes=8) == 1.0
+        assert oracle.training and probe.training
+        oracle.eval()
+        tmaze_success_rate(oracle, 3, episodes=4)
+        assert not oracle.training
+        with pytest.raises(ValueError, match="episodes must be even and >= 2, received 3"):
+            tmaze_success_rate(oracle, 3, episodes=3)

@@ -31,7 +31,6 @@ import torch
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import nn
 from torch.distributions import Categorical
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor
 from tqdm import trange
 
@@ -39,7 +38,7 @@ from torchrl_elmur import ELMURConfig, ELMURModule
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss
-from torchrl_elmur.training import start_wandb, tmaze_success_rate
+from torchrl_elmur.training import evaluate_lengths, plot_success_vs_length, start_wandb
 
 POLICIES = ("elmur", "lstm", "gru")
 
@@ -166,32 +165,17 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Evaluation: the policy streams through the batched env, one TorchRL step at a time
-#    (torchrl_elmur.training.tmaze_success_rate: reset, then policy -> env.step -> step_mdp)
-# ----------------------------------------------------------------------------------------------
-def evaluate(actor: ProbabilisticActor, corridor_length: int, episodes: int, seed: int) -> float:
-    """Success rate over ``episodes`` episodes (half with each goal side) of one corridor length:
-    reset the batched env, then policy -> env.step -> step_mdp, ``corridor_length + 2`` times."""
-    actor.eval()
-    with set_exploration_type(ExplorationType.DETERMINISTIC):  # greedy actions
-        return tmaze_success_rate(actor, corridor_length, episodes, seed=seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# 6. Run and report
+# 5-6. Evaluation, run and report. Evaluation streams the greedy policy through the batched env,
+#    one TorchRL step at a time (torchrl_elmur.training.evaluate_lengths -> tmaze_success_rate:
+#    reset, then policy -> env.step -> step_mdp, corridor_length + 2 times).
 # ----------------------------------------------------------------------------------------------
 def run_policy(kind: str, args: Args, run, out: Path) -> dict:
     torch.manual_seed(args.seed)
     actor = make_actor(kind, args)
     train_seconds = train(actor, args, run, kind)
     torch.save(actor.state_dict(), out / f"{kind}.pt")
-    success, eval_seconds = {}, {}
-    for length in args.eval_lengths:
-        t0 = time.perf_counter()
-        success[str(length)] = evaluate(actor, length, args.eval_episodes, seed=args.seed + 10_000)
-        eval_seconds[str(length)] = time.perf_counter() - t0
-        run.log({f"{kind}/success_c{length}": success[str(length)]})
-        print(f"  {kind:>5} corridor {length:>7}: success {success[str(length)]:.2f}  ({eval_seconds[str(length)]:.1f} s)")
+    success, eval_seconds = evaluate_lengths(actor, args.eval_lengths, args.eval_episodes, seed=args.seed + 10_000,
+                                             name=kind, run=run)
     params = sum(p.numel() for p in actor.parameters())
     return {"success": success, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "params": params}
 
@@ -210,21 +194,9 @@ def report(results: dict, args: Args, out: Path) -> None:
         for kind, r in results.items():
             for c in lengths:
                 writer.writerow([kind, c, r["success"][c], f"{r['train_seconds']:.1f}", f"{r['eval_seconds'][c]:.1f}"])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, r in results.items():
-        ax.plot([int(c) for c in lengths], [r["success"][c] for c in lengths], marker="o", label=kind)
-    ax.set(xscale="log", xlabel="corridor length (steps)", ylabel="success rate", ylim=(-0.05, 1.05),
-           title=f"T-Maze, trained on corridors <= {args.max_corridor}")
-    ax.axvline(args.max_corridor, color="grey", ls=":", lw=1)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "success_vs_length.png", dpi=120)
+    plot_success_vs_length({kind: {int(c): r["success"][c] for c in lengths} for kind, r in results.items()},
+                           out / "success_vs_length.png", f"T-Maze, trained on corridors <= {args.max_corridor}",
+                           train_max=args.max_corridor)
     print(f"wrote {out / 'results.csv'}, {out / 'success_vs_length.png'} and checkpoints {', '.join(f'{k}.pt' for k in results)}")
 
 

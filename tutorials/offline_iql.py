@@ -39,7 +39,6 @@ import torch
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import nn
 from torch.distributions import Categorical
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor
 from torchrl.objectives import DiscreteIQLLoss, SoftUpdate
 from tqdm import trange
@@ -48,7 +47,7 @@ from torchrl_elmur import ELMURConfig, ELMURModule
 from torchrl_elmur.data import BEHAVIOURS, make_offline_replay_buffer, make_tmaze_mixed_dataset
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
-from torchrl_elmur.training import start_wandb, tmaze_success_rate
+from torchrl_elmur.training import evaluate_lengths, plot_success_vs_length, start_wandb, tmaze_success_rate
 
 POLICIES = ("elmur", "lstm", "gru")
 METHODS = ("iql", "bc")
@@ -274,8 +273,7 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
             target_updater.step()
         look = args.eval_every and (step + 1) % args.eval_every == 0  # a quick look at the greedy policy
         if look:
-            success = evaluate(actor, min(args.eval_lengths), args.eval_episodes, seed=args.seed + 20_000)
-            loss_module.train()
+            success = tmaze_success_rate(actor, min(args.eval_lengths), args.eval_episodes, seed=args.seed + 20_000)
             run.log({f"{name}/success_during_training": success, f"{name}/step": step})
         if step % 10 == 0 or step == args.steps - 1 or look:
             logs = {k: losses[k].item() for k in loss_keys}
@@ -287,16 +285,6 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Evaluation: the actor streams through the batched env, one TorchRL step at a time
-#    (torchrl_elmur.training.tmaze_success_rate, shared with offline_bc.py)
-# ----------------------------------------------------------------------------------------------
-def evaluate(actor: ProbabilisticActor, corridor_length: int, episodes: int, seed: int) -> float:
-    actor.eval()
-    with set_exploration_type(ExplorationType.DETERMINISTIC):  # greedy actions
-        return tmaze_success_rate(actor, corridor_length, episodes, seed=seed)
-
-
-# ----------------------------------------------------------------------------------------------
 # 6. Run and report
 # ----------------------------------------------------------------------------------------------
 def run_one(method: str, kind: str, data, args: Args, run, out: Path) -> dict:
@@ -305,13 +293,9 @@ def run_one(method: str, kind: str, data, args: Args, run, out: Path) -> dict:
     actor = make_actor(kind, args)
     train_seconds, loss_module = train(actor, method, kind, data, args, run, name)
     torch.save({"actor": actor.state_dict(), "loss": loss_module.state_dict(), "args": asdict(args)}, out / f"{name}.pt")
-    success, eval_seconds = {}, {}
-    for length in args.eval_lengths:
-        t0 = time.perf_counter()
-        success[str(length)] = evaluate(actor, length, args.eval_episodes, seed=args.seed + 10_000)
-        eval_seconds[str(length)] = time.perf_counter() - t0
-        run.log({f"{name}/success_c{length}": success[str(length)]})
-        print(f"  {name:>10} corridor {length:>7}: success {success[str(length)]:.2f}  ({eval_seconds[str(length)]:.1f} s)")
+    # evaluation: the greedy actor streams through the batched env, one TorchRL step at a time
+    success, eval_seconds = evaluate_lengths(actor, args.eval_lengths, args.eval_episodes, seed=args.seed + 10_000,
+                                             name=name, run=run)
     params = sum(p.numel() for p in actor.parameters())
     return {"success": success, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "params": params}
 
@@ -332,22 +316,10 @@ def report(results: dict, args: Args, out: Path) -> None:
             method, kind = name.split("-")
             for c in lengths:
                 writer.writerow([method, kind, c, r["success"][c], f"{r['train_seconds']:.1f}", f"{r['eval_seconds'][c]:.1f}"])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (name, r) in enumerate(results.items()):  # shrinking markers keep overlapping curves visible
-        ax.plot([int(c) for c in lengths], [r["success"][c] for c in lengths], marker="o", ms=9 - 1.5 * i, label=name,
-                ls="--" if name.startswith("bc") else "-")
-    ax.set(xscale="log", xlabel="corridor length (steps)", ylabel="success rate", ylim=(-0.05, 1.05),
-           title=f"T-Maze, mixed-quality data, trained on corridors <= {args.max_corridor}")
-    ax.axvline(args.max_corridor, color="grey", ls=":", lw=1)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "success_vs_length.png", dpi=120)
+    plot_success_vs_length({name: {int(c): r["success"][c] for c in lengths} for name, r in results.items()},
+                           out / "success_vs_length.png",
+                           f"T-Maze, mixed-quality data, trained on corridors <= {args.max_corridor}",
+                           train_max=args.max_corridor, dashed=[n for n in results if n.startswith("bc-")])
     print(f"wrote {out / 'results.csv'}, {out / 'success_vs_length.png'} and checkpoints {', '.join(f'{k}.pt' for k in results)}")
 
 
@@ -366,7 +338,7 @@ def main() -> None:
         results[f"{method}-{kind}"] = run_one(method, kind, data, args, run, out)
     report(results, args, out)
     run.finish()
-    print(json.dumps({k: {"success": r["success"], "train_seconds": round(r["train_seconds"], 1)} for k, r in results.items()}))
+    print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"]} for k, r in results.items()}))
 
 
 if __name__ == "__main__":

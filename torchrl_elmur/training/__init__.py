@@ -1,5 +1,5 @@
 """Training utilities."""
-from .tmaze_eval import tmaze_success_rate
+from .tmaze_eval import evaluate_lengths, plot_success_vs_length, tmaze_success_rate
 from .wandb_logger import start_wandb
 
-__all__ = ["start_wandb", "tmaze_success_rate"]
+__all__ = ["evaluate_lengths", "plot_success_vs_length", "start_wandb", "tmaze_success_rate"]

@@ -1,10 +1,15 @@
 """Evaluate a TorchRL policy on the batched T-Maze: streaming, one environment step at a time."""
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import Compose, InitTracker, TransformedEnv
-from torchrl.envs.utils import step_mdp
+from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 from torchrl.modules.utils import get_primers_from_module
 from tqdm import tqdm
 
@@ -13,7 +18,7 @@ from ..envs import TMazeEnv
 
 @torch.no_grad()
 def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episodes: int = 100, seed: int = 10_000,
-                       device: str | torch.device = "cpu", progress: bool | None = None) -> float:
+                       device: str | torch.device = "cpu", progress: bool | None = None, greedy: bool = True) -> float:
     """Success rate of ``policy`` over ``episodes`` T-Maze episodes of one corridor length.
 
     Both goal sides occur equally often (``goal_sides="balanced"``, ``episodes`` even). The
@@ -24,20 +29,68 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
 
     Args:
         policy: reads ``observation`` (and its state keys, ``is_init``), writes ``action``
-            (int in {0, 1, 2, 3}); put it in eval mode and deterministic interaction first.
+            (int in {0, 1, 2, 3}).
         progress: show a tqdm bar (default: for corridors of 1000 steps or more).
+        greedy: run the policy in eval mode with deterministic actions (its training mode is
+            restored afterwards); ``False`` uses the mode and exploration type in force.
     """
     if episodes < 2 or episodes % 2:
         raise ValueError(f"tmaze_success_rate: episodes must be even and >= 2, received {episodes}.")
     primers = get_primers_from_module(policy)
     env = TMazeEnv(corridor_length, batch_size=[episodes], goal_sides="balanced", seed=seed, device=device)
     env = TransformedEnv(env, Compose(InitTracker(), primers) if primers is not None else InitTracker())
+    was_training = policy.training
+    if greedy:
+        policy.eval()
     td = env.reset()
     reward = torch.zeros(episodes, device=device)
     show = corridor_length >= 1000 if progress is None else progress
-    for _ in tqdm(range(corridor_length + 2), desc=f"  eval c={corridor_length}", leave=False, dynamic_ncols=True,
-                  disable=not show, mininterval=2.0):
-        td = env.step(policy(td))
-        reward += td["next", "reward"].squeeze(-1)
-        td = step_mdp(td)
+    with set_exploration_type(ExplorationType.DETERMINISTIC) if greedy else contextlib.nullcontext():
+        for _ in tqdm(range(corridor_length + 2), desc=f"  eval c={corridor_length}", leave=False, dynamic_ncols=True,
+                      disable=not show, mininterval=2.0):
+            td = env.step(policy(td))
+            reward += td["next", "reward"].squeeze(-1)
+            td = step_mdp(td)
+    policy.train(was_training)
     return (reward > 0.5).float().mean().item()
+
+
+def evaluate_lengths(policy: TensorDictModuleBase, lengths: Sequence[int], episodes: int, seed: int, name: str,
+                     run=None, device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, float]]:
+    """Greedy success rate and wall seconds per corridor length (keys: the lengths as strings),
+    printed as they come and logged to ``run`` (a wandb run) as ``<name>/success_c<length>``."""
+    success, seconds = {}, {}
+    for length in lengths:
+        t0 = time.perf_counter()
+        success[str(length)] = tmaze_success_rate(policy, length, episodes, seed=seed, device=device)
+        seconds[str(length)] = time.perf_counter() - t0
+        if run is not None:
+            run.log({f"{name}/success_c{length}": success[str(length)]})
+        print(f"  {name:>10} corridor {length:>9,}: success {success[str(length)]:.2f}  ({seconds[str(length)]:.1f} s)",
+              flush=True)
+    return success, seconds
+
+
+def plot_success_vs_length(curves: dict[str, dict[int, float]], path: str | Path, title: str,
+                           train_max: int | None = None, dashed: Sequence[str] = ()) -> None:
+    """PNG of success rate against corridor length (log x), one line per curve; markers shrink
+    from curve to curve so that overlapping lines stay visible; ``train_max`` draws the longest
+    training corridor; curves named in ``dashed`` are dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (name, points) in enumerate(curves.items()):
+        lengths = sorted(points)
+        ax.plot(lengths, [points[c] for c in lengths], marker="o", ms=max(3.0, 9 - 1.5 * i), label=name,
+                ls="--" if name in dashed else "-")
+    ax.set(xscale="log", xlabel="corridor length (steps)", ylabel="success rate", ylim=(-0.05, 1.05), title=title)
+    if train_max is not None:
+        ax.axvline(train_max, color="grey", ls=":", lw=1)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
