@@ -15,8 +15,8 @@ Prints a table, writes ``<out>/collector_throughput.csv`` and ends with one JSON
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,10 @@ from torchrl.collectors import Collector
 from torchrl.envs import GymEnv, SerialEnv
 from torchrl.modules import GRUModule, LSTMModule
 
-from torchrl_elmur import ELMURConfig, ELMURModule
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_table, state_bytes_per_env, write_csv  # noqa: E402
+
+from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402
 
 
 @dataclass
@@ -69,12 +72,6 @@ class GreedyOneHot(nn.Module):
         return nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.int64)
 
 
-def state_bytes(memory: nn.Module) -> int:
-    """Bytes of recurrent state one transition stores: the state and ("next", state)."""
-    specs = memory.make_tensordict_primer().primers
-    per_env = sum(spec.shape.numel() * spec.dtype.itemsize for spec in specs.values(True, True))
-    return 2 * per_env
-
 
 def measure(kind: str, size: str, args: Args) -> dict:
     torch.manual_seed(args.seed)
@@ -97,7 +94,8 @@ def measure(kind: str, size: str, args: Args) -> dict:
         frames = sum(batch.numel() for batch in it)
         seconds = time.perf_counter() - t0
     collector.shutdown()
-    return {"size": size, "policy": kind, "frames_per_s": frames / seconds, "state_bytes_per_transition": state_bytes(memory),
+    return {"size": size, "policy": kind, "frames_per_s": frames / seconds, "state_bytes_per_transition": 2 * state_bytes_per_env(memory),  # state + ("next", state)
+           
             "params": sum(p.numel() for p in memory.parameters())}
 
 
@@ -108,21 +106,15 @@ def main() -> None:
     rows = [measure(kind, size, args) for size in SIZES for kind in ("elmur", "gru", "lstm")]
     print(f"\nCollector throughput on {args.env} x{args.num_envs}, {args.frames_per_batch * args.batches} timed frames, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    header = f"{'size':>7} {'policy':>6} {'frames/s':>9} {'vs GRU':>7} {'state B/transition':>19} {'vs GRU':>8} {'params':>10}"
-    print(header)
-    print("-" * len(header))
     for r in rows:
         gru = next(g for g in rows if g["size"] == r["size"] and g["policy"] == "gru")
         r["speed_vs_gru"] = r["frames_per_s"] / gru["frames_per_s"]
         r["state_vs_gru"] = r["state_bytes_per_transition"] / gru["state_bytes_per_transition"]
-        print(f"{r['size']:>7} {r['policy']:>6} {r['frames_per_s']:>9.0f} {r['speed_vs_gru']:>6.2f}x "
-              f"{r['state_bytes_per_transition']:>19,} {r['state_vs_gru']:>7.1f}x {r['params']:>10,}")
+    print(format_table(rows, [("size", "size", "s"), ("policy", "policy", "s"), ("frames_per_s", "frames/s", ".0f"),
+                              ("speed_vs_gru", "vs GRU", ".2f"), ("state_bytes_per_transition", "state B/transition", ",d"),
+                              ("state_vs_gru", "vs GRU", ".1f"), ("params", "params", ",d")]))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "collector_throughput.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out / "collector_throughput.csv")
     print(f"wrote {out / 'collector_throughput.csv'}")
     print(json.dumps({"benchmark": "collector_throughput", "env": args.env, "num_envs": args.num_envs, "rows": rows}))
 

@@ -35,6 +35,12 @@ def machine(device: str | torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
+def state_bytes_per_env(module) -> int:
+    """Bytes of recurrent state one env carries, from the module's primer specs."""
+    specs = module.make_tensordict_primer().primers
+    return sum(spec.shape.numel() * spec.dtype.itemsize for spec in specs.values(True, True))
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]], markdown: bool = False) -> str:
     """``columns``: (key, header, format spec); missing values print as ``-``."""
     def cell(row, key, spec):

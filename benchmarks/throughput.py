@@ -31,7 +31,7 @@ from torchrl.envs.utils import step_mdp
 from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, format_table, machine, write_csv  # noqa: E402
+from common import best_of, format_table, machine, state_bytes_per_env, write_csv  # noqa: E402
 from step_cost import step_path_ms, window_recompute_ms  # noqa: E402
 
 from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402
@@ -108,11 +108,6 @@ def train_tokens_per_s(module, args: Args) -> float:
     return B * T / best_of(run, args.repeats, args.device, warmup=2)  # the first backward pays one-off set-up
 
 
-def state_bytes(module) -> int:
-    specs = module.make_tensordict_primer().primers
-    return sum(s.shape.numel() * s.dtype.itemsize for s in specs.values(True, True))
-
-
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -157,7 +152,7 @@ def main() -> None:
     for kind in ("elmur", "gru", "lstm"):
         module = make_module(kind, device=dev)
         train.append({"policy": kind, "train_tokens_per_s": train_tokens_per_s(module, args),
-                      "state_bytes_per_env": state_bytes(module)})
+                      "state_bytes_per_env": state_bytes_per_env(module)})
     for r in train:
         r["tokens_vs_gru"] = r["train_tokens_per_s"] / train[1]["train_tokens_per_s"]
         r["state_vs_gru"] = r["state_bytes_per_env"] / train[1]["state_bytes_per_env"]

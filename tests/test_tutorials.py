@@ -49,3 +49,24 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tutorials/offline_bc.py"), "--eval-episodes", "3"],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert proc.returncode == 2 and "--eval-episodes must be even" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "script, flags, benchmark",
+    [
+        ("benchmarks/step_cost.py", ["--repeats", "1", "--batches", "2", "--segment-lens", "3"], "step_cost"),
+        ("benchmarks/throughput.py", ["--repeats", "1", "--batches", "2", "--segment-lens", "3", "--train-batch", "2",
+                                      "--train-len", "4"], "throughput"),
+        ("benchmarks/collector_throughput.py", ["--frames-per-batch", "8", "--batches", "1"], "collector_throughput"),
+        ("benchmarks/tmaze_horizon.py", ["--lengths", "3", "5", "--eval-episodes", "2", "--train-steps", "1",
+                                         "--checkpoints", "no-such-folder"], "tmaze_horizon"),
+        ("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity"),
+    ],
+)
+def test_benchmark_smoke(tmp_path, script, flags, benchmark):
+    """Each benchmark runs on tiny settings and ends with its JSON line."""
+    out = [] if benchmark == "device_parity" else ["--out", str(tmp_path)]
+    lines = run_script(script, *flags, *out)
+    assert json.loads(lines[-1])["benchmark"] == benchmark
+    if benchmark == "tmaze_horizon":
+        assert {p.name for p in tmp_path.iterdir()} >= {"tmaze_horizon.csv", "tmaze_horizon.md", "tmaze_horizon.png"}
