@@ -48,6 +48,9 @@ def sinusoid_embedding(distances: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+RelativeGeometry = tuple[Tensor, Tensor]  # (index, blocked), see relative_geometry
+
+
 class RelativeSelfAttention(nn.Module):
     """Causal multi-head self-attention with Transformer-XL relative positions.
 
@@ -87,9 +90,7 @@ class RelativeSelfAttention(nn.Module):
         """``x [B, n, D]`` -> queries, keys, values, each ``[B, n, D]``."""
         return self.qkv(x).chunk(3, dim=-1)
 
-    def attend(
-        self, q: Tensor, q_pos: Tensor, blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]], u: Tensor, v_bias: Tensor
-    ) -> Tensor:
+    def attend(self, q: Tensor, blocks: list[tuple[Tensor, Tensor, RelativeGeometry]], u: Tensor, v_bias: Tensor) -> Tensor:
         """Attention of ``n`` queries over one segment's keys, given as one or more blocks.
 
         Blocks let the streaming path attend over the cached keys and the new token's key
@@ -97,11 +98,9 @@ class RelativeSelfAttention(nn.Module):
 
         Args:
             q: ``[B, n, D]``.
-            q_pos: int64 within-segment positions ``[B, n]`` or ``[n]``.
-            blocks: ``(k, v, k_pos, key_valid)`` per block: ``k, v [B, H, S_b, d]`` (heads split),
-                ``k_pos`` int64
-                ``[B, S_b]`` or ``[S_b]``, ``key_valid`` bool (same shape as ``k_pos``), False for
-                keys that do not exist yet (empty cache slots).
+            blocks: ``(k, v, geometry)`` per block: ``k, v [B, H, S_b, d]`` (heads split; any
+                strides whose two batch dims fold into one, as in the state's cache) and the
+                block's :func:`relative_geometry`, computed once and shared by all layers.
             u, v_bias: shared Transformer-XL biases ``[H, d]``.
 
         Returns:
@@ -109,22 +108,56 @@ class RelativeSelfAttention(nn.Module):
         """
         h = self.num_heads
         qh = split_heads(q, h)  # [B, H, n, d]
-        scale = 1.0 / math.sqrt(qh.shape[-1])
-        r = self.relative_keys(q.dtype)  # [1, H, K, d]
-        pos_scores = (qh + v_bias[None, :, None, :]) @ r.transpose(-1, -2)  # [B, H, n, K], by distance
+        b, _, n, d = qh.shape
+        scale = 1.0 / math.sqrt(d)
+        r = self.relative_keys(q.dtype)[0]  # [H, K, d]
+        # position scores by distance [B, H, n, K]; batched over heads (r is never copied per row)
+        pos_scores = torch.einsum("bhnd,hkd->bhnk", qh + v_bias[None, :, None, :], r)
         content_q = qh + u[None, :, None, :]
-        scores, values = [], []
-        for kh, vh, k_pos, key_valid in blocks:
-            distance = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)  # [B?, n, S_b]
-            index = distance.clamp(0, r.shape[-2] - 1)
-            index = index.expand(qh.shape[0], *index.shape[-2:]).unsqueeze(1).expand(-1, h, -1, -1)
-            s = (content_q @ kh.transpose(-1, -2) + torch.gather(pos_scores, -1, index)) * scale  # [B, H, n, S_b]
-            allowed = (distance >= 0) & key_valid.unsqueeze(-2)  # causal and existing
-            scores.append(s.masked_fill(~allowed.unsqueeze(-3), float("-inf")))
-            values.append(vh)
-        probs = F.dropout(torch.softmax(torch.cat(scores, -1), -1), self.attn_dropout, self.training)
-        y = sum(p @ vh for p, vh in zip(probs.split([vh.shape[-2] for vh in values], -1), values))  # [B, H, n, d]
+        scores = []
+        for kh, _, (index, blocked) in blocks:
+            s = content_q @ kh.transpose(-1, -2)  # [B, H, n, S_b]
+            s = (s + torch.gather(pos_scores, -1, index.expand(b, h, n, index.shape[-1]))) * scale
+            scores.append(s.masked_fill(blocked, float("-inf")))
+        probs = torch.softmax(scores[0] if len(scores) == 1 else torch.cat(scores, -1), -1)
+        probs = F.dropout(probs, self.attn_dropout, self.training)
+        sizes = [vh.shape[-2] for _, vh, _ in blocks]
+        y = sum(p @ vh for p, (_, vh, _) in zip(probs.split(sizes, -1), blocks))  # [B, H, n, d]
         return self.out(merge_heads(y))
+
+
+def relative_geometry(q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None, max_distance: int) -> RelativeGeometry:
+    """Within-segment distance and visibility of a block of keys for ``n`` queries.
+
+    The same for every layer and head: computed once per step (or chunk) and passed to
+    :meth:`RelativeSelfAttention.attend`.
+
+    Args:
+        q_pos: int64 query positions ``[B, n]`` or ``[n]``.
+        k_pos: int64 key positions ``[B, S]`` or ``[S]``.
+        key_valid: bool, same shape as ``k_pos``: False for keys that do not exist yet (empty
+            cache slots); ``None``: all exist.
+        max_distance: K, the number of relative position embeddings.
+
+    Returns:
+        ``(index, blocked)``: ``index`` int64 ``[B|1, 1, n, S]`` the distance clipped to
+        ``[0, K-1]``; ``blocked`` bool of the same shape, True where the key is in the future or
+        does not exist.
+
+    Examples:
+        >>> index, blocked = relative_geometry(torch.arange(3), torch.arange(3), None, 3)
+        >>> index[0, 0].tolist()
+        [[0, 0, 0], [1, 0, 0], [2, 1, 0]]
+        >>> blocked[0, 0].tolist()
+        [[False, True, True], [False, False, True], [False, False, False]]
+    """
+    distance = q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)  # [B?, n, S]
+    distance = distance.reshape(-1, *distance.shape[-2:]).unsqueeze(1)  # [B|1, 1, n, S]
+    blocked = distance < 0
+    if key_valid is not None:
+        valid = key_valid.unsqueeze(-2)  # [B?, 1, S]
+        blocked = blocked | ~valid.reshape(-1, *valid.shape[-2:]).unsqueeze(1)
+    return distance.clamp(0, max_distance - 1), blocked
 
 
 class TimeGapCrossAttention(nn.Module):

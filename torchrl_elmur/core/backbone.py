@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from .config import ELMURConfig
-from .attention import merge_heads, split_heads
+from .attention import merge_heads, relative_geometry, split_heads
 from .layer import ELMURLayer, make_norm
 from .lru import lru_commit
-from .state import CACHE_KEY, CACHE_OUTPUT, CACHE_VALUE, ELMURState
+from .state import CACHE_KEY, CACHE_OUTPUT, CACHE_VALUE, ELMURState, layer_cache, pack_cache
 
 
 class ELMURBackbone(nn.Module):
@@ -149,37 +149,38 @@ class ELMURBackbone(nn.Module):
         """
         self._check_tokens(x, 2, "step")
         state = self._prepare(x, state, "step")
-        K, H = self.config.segment_len, self.config.num_heads
+        B, K, H = x.shape[0], self.config.segment_len, self.config.num_heads
         h = self.in_proj(x).unsqueeze(1)  # [B, 1, D]
         p = state.step % K  # [B]
         pos = torch.arange(K, device=x.device)
-        cache_valid = pos < p[:, None]  # [B, K]: slots of this segment's earlier tokens
-        new_valid = torch.ones_like(p, dtype=torch.bool)[:, None]  # [B, 1]
+        # where the cached tokens and the new token sit relative to the query: same for all layers
+        cached = relative_geometry(p[:, None], pos, pos < p[:, None], K)  # slots before p exist
+        new = relative_geometry(p[:, None], p[:, None], None, K)  # the token itself, distance 0
         tok_stamp = (state.step + 1)[:, None]  # [B, 1]
         memory, memory_time = state.memory, state.memory_time
-        new_entries = []  # per layer: this token's key, value and output
+        new_entries = []  # per layer: this token's key, value and output, heads split [B, H, 1, d]
         for i, layer in enumerate(self.layers):
             q, k, v = layer.project(h)  # [B, 1, D] each
             k, v = split_heads(k, H), split_heads(v, H)  # [B, H, 1, d]
             blocks = [
-                (state.cache[:, i, CACHE_KEY], state.cache[:, i, CACHE_VALUE], pos, cache_valid),
-                (k, v, p[:, None], new_valid),
+                (layer_cache(state.cache, i, CACHE_KEY), layer_cache(state.cache, i, CACHE_VALUE), cached),
+                (k, v, new),
             ]
             h = layer.token_output(
-                h, q, p[:, None], blocks, self.u, self.v,
+                h, q, blocks, self.u, self.v,
                 self.memory_view(memory[:, i], memory_time[:, i], i), tok_stamp, memory_time[:, i],
             )
-            new_entries.append(torch.stack([k, v, split_heads(h, H)], 1)[:, :, :, 0])  # [B, 3, H, d]
+            new_entries.append((k, v, split_heads(h, H)))
         # the next state's cache: one copy of the input cache plus the new token at slot p
         cache = state.cache.clone()
-        cache[torch.arange(x.shape[0], device=x.device), :, :, :, p] = torch.stack(new_entries, 1)  # [B, L, 3, H, d]
+        cache[torch.arange(B, device=x.device), :, p] = pack_cache(new_entries)[:, :, 0]  # [B, H, L, 3, d]
 
         done = p == K - 1  # rows whose segment is now complete
         if static or bool(done.any()):
             # static: write every row, keep it where done; else write the done rows only
             rows = slice(None) if static else done.nonzero().squeeze(-1)
             seg_stamp = (state.step - p + 1)[rows, None] + pos  # [b, K]
-            outs = [merge_heads(cache[rows, i, CACHE_OUTPUT]) for i in range(len(self.layers))]  # [b, K, D] each
+            outs = [merge_heads(layer_cache(cache, i, CACHE_OUTPUT)[rows]) for i in range(len(self.layers))]  # [b, K, D]
             mem, time = self.commit_segment(memory[rows], memory_time[rows], outs, seg_stamp)
             if static:
                 memory = torch.where(done[:, None, None, None], mem, memory)
@@ -236,40 +237,38 @@ class ELMURBackbone(nn.Module):
         cached_heads = cached[:, None]  # [B, 1, S, 1]
 
         pos = torch.arange(K, device=x.device)
-        all_keys = torch.ones(K, dtype=torch.bool, device=x.device)
+        causal = relative_geometry(pos, pos, None, K)  # full causal attention within a segment chunk
         memory, memory_time = state.memory, state.memory_time
         final_cache = torch.zeros_like(state.cache)
         y_chunks = []
         for c in range(n_chunks):
             window = slice(c * K, (c + 1) * K)
             h, stamps, first = h_line[:, window], stamp_line[:, window], c == 0
-            layer_cache = []
+            chunk_entries = []
             for i, layer in enumerate(self.layers):
                 q, k, v = layer.project(h)  # [B, K, D]
                 k, v = split_heads(k, H), split_heads(v, H)  # [B, H, K, d]
                 if first:  # slots before p hold tokens of earlier calls: use their cache
-                    k = torch.where(cached_heads[:, :, window], state.cache[:, i, CACHE_KEY], k)
-                    v = torch.where(cached_heads[:, :, window], state.cache[:, i, CACHE_VALUE], v)
+                    k = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_KEY), k)
+                    v = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_VALUE), v)
                 h = layer.token_output(
-                    h, q, pos, [(k, v, pos, all_keys)], self.u, self.v,
+                    h, q, [(k, v, causal)], self.u, self.v,
                     self.memory_view(memory[:, i], memory_time[:, i], i), stamps, memory_time[:, i],
                 )
                 if first:
-                    h = torch.where(cached[:, window], merge_heads(state.cache[:, i, CACHE_OUTPUT]), h)
-                layer_cache.append((k, v, h))
+                    h = torch.where(cached[:, window], merge_heads(layer_cache(state.cache, i, CACHE_OUTPUT)), h)
+                chunk_entries.append((k, v, h))
             y_chunks.append(self.final_norm(h))
 
             complete = end >= (c + 1) * K  # [B]
             if bool(complete.any()):
-                new_memory, new_time = self.commit_segment(memory, memory_time, [o for _, _, o in layer_cache], stamps)
+                new_memory, new_time = self.commit_segment(memory, memory_time, [o for _, _, o in chunk_entries], stamps)
                 memory = torch.where(complete[:, None, None, None], new_memory, memory)
                 memory_time = torch.where(complete[:, None, None], new_time, memory_time)
             ends_inside = (end > c * K) & (end < (c + 1) * K)  # row stops mid-segment: keep a cache
             if bool(ends_inside.any()):
-                filled = (pos[None] < (end - c * K)[:, None])[:, None, None, None, :, None]  # [B, 1, 1, 1, K, 1]
-                chunk_cache = torch.stack(
-                    [torch.stack([k, v, split_heads(o, H)], 1) for k, v, o in layer_cache], 1
-                )  # [B, L, 3, H, K, d]
+                filled = (pos[None] < (end - c * K)[:, None])[:, None, :, None, None, None]  # [B, 1, K, 1, 1, 1]
+                chunk_cache = pack_cache([(k, v, split_heads(o, H)) for k, v, o in chunk_entries])  # [B, H, K, L, 3, d]
                 chunk_cache = torch.where(filled, chunk_cache, torch.zeros_like(chunk_cache))
                 final_cache = torch.where(ends_inside[:, None, None, None, None, None], chunk_cache, final_cache)
 

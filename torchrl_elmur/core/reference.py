@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .attention import split_heads
+from .attention import relative_geometry, split_heads
 from .backbone import ELMURBackbone
-from .state import ELMURState
+from .state import ELMURState, pack_cache
 
 
 @torch.no_grad()
@@ -45,21 +45,22 @@ def window_recompute(backbone: ELMURBackbone, x: Tensor, state: ELMURState | Non
         n = h.shape[1]
         pos = torch.arange(n, device=x.device)
         stamps = (state.step + start + 1)[:, None] + pos  # [B, n]
-        layer_outputs, layer_cache = [], []
+        causal = relative_geometry(pos, pos, None, K)
+        layer_outputs, entries = [], []
         for i, layer in enumerate(backbone.layers):
             q, k, v = layer.project(h)
             k, v = split_heads(k, backbone.config.num_heads), split_heads(v, backbone.config.num_heads)
             h = layer.token_output(
-                h, q, pos, [(k, v, pos, torch.ones(n, dtype=torch.bool, device=x.device))], backbone.u, backbone.v,
+                h, q, [(k, v, causal)], backbone.u, backbone.v,
                 backbone.memory_view(memory[:, i], memory_time[:, i], i), stamps, memory_time[:, i],
             )
             layer_outputs.append(h)
-            layer_cache.append(torch.stack([k, v, split_heads(h, backbone.config.num_heads)], 1))  # [B, 3, H, n, d]
+            entries.append((k, v, split_heads(h, backbone.config.num_heads)))  # [B, H, n, d] each
         ys.append(backbone.final_norm(h[:, -1]))
         cache = torch.zeros_like(state.cache)
         if n == K:
             memory, memory_time = backbone.commit_segment(memory, memory_time, layer_outputs, stamps)
         else:
-            cache[..., :n, :] = torch.stack(layer_cache, 1)
+            cache[:, :, :n] = pack_cache(entries)  # [B, H, n, L, 3, d]
     y = torch.stack(ys, 1) if ys else x.new_zeros(B, 0, backbone.config.d_model)
     return y, ELMURState(memory, memory_time, cache, state.step + T)

@@ -8,8 +8,26 @@ from torch import Tensor
 
 from .config import ELMURConfig
 
-CACHE_KEY, CACHE_VALUE, CACHE_OUTPUT = 0, 1, 2
+CACHE_KEY, CACHE_VALUE, CACHE_OUTPUT = 0, 1, 2  # index along the cache's "kind" dim (-2)
 INT_FIELDS = ("memory_time", "step")  # int64 whatever the model's dtype
+
+
+def layer_cache(cache: Tensor, layer: int, kind: int) -> Tensor:
+    """One layer's keys, values or outputs from a cache ``[B, H, K, L, 3, d]``: a view
+    ``[B, H, K, d]`` whose batch dims (B, H) fold into one, so attention reads it without a copy."""
+    return cache[:, :, :, layer, kind]
+
+
+def pack_cache(per_layer: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """Per layer ``(keys, values, outputs)``, each ``[B, H, n, d]``, as cache entries ``[B, H, n, L, 3, d]``.
+
+    Examples:
+        >>> e = [tuple(torch.full((1, 2, 4, 8), 10.0 * i + j) for j in range(3)) for i in range(2)]
+        >>> c = pack_cache(e)
+        >>> c.shape, layer_cache(c, 1, CACHE_VALUE).unique().item()
+        (torch.Size([1, 2, 4, 2, 3, 8]), 11.0)
+    """
+    return torch.stack([torch.stack(entries, -2) for entries in per_layer], -3)
 
 
 def check_tensor(label: str, value, shape: tuple[int, ...], dtype: torch.dtype, hint: str = "") -> None:
@@ -31,10 +49,11 @@ class ELMURState:
             backbone's fixed initial vector ``memory_init``).
         memory_time: int64 ``[B, L, M]``: slot stamps, 0 = empty, else 1 + the episode step of
             the last step of the segment that wrote the slot (the LRU timestamps).
-        cache: float ``[B, L, 3, H, K, D/H]``: per layer, the self-attention keys (index 0),
-            values (1) and layer outputs (2) of the tokens already seen in the current segment,
-            split into H heads (the layout attention reads without a copy), at their
-            within-segment positions; positions not yet reached hold zeros.
+        cache: float ``[B, H, K, L, 3, D/H]``: for each head and within-segment position of
+            the tokens already seen in the current segment, per layer, the self-attention key
+            (kind 0), value (1) and layer output (2); positions not yet reached hold zeros.
+            Heads lead so that one layer's keys (:func:`layer_cache`) are read by batched matmuls
+            without a copy, and one step writes its token with one indexed copy.
         step: int64 ``[B]``: episode step of the next token (tokens seen since the reset).
             Its position in the current segment is ``step % K``.
     """
@@ -52,7 +71,7 @@ class ELMURState:
         shapes = {
             "memory": (c.num_layers, c.memory_slots, c.d_model),
             "memory_time": (c.num_layers, c.memory_slots),
-            "cache": (c.num_layers, 3, c.num_heads, c.segment_len, c.head_dim),
+            "cache": (c.num_heads, c.segment_len, c.num_layers, 3, c.head_dim),
             "step": (),
         }
         return {name: (shape, torch.int64 if name in INT_FIELDS else dtype) for name, shape in shapes.items()}

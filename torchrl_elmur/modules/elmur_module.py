@@ -37,7 +37,7 @@ class ELMURModule(TensorDictModuleBase):
     ``<p>_memory_time``       ``[*B, L, M]`` int64               LRU timestamps: 0 = empty, else 1 + the
                                                                  episode step of the last step of the
                                                                  segment that wrote the slot
-    ``<p>_cache``             ``[*B, L, 3, H, K, D/H]`` float    keys, values, layer outputs of the current
+    ``<p>_cache``             ``[*B, H, K, L, 3, D/H]`` float    keys, values, layer outputs of the current
                                                                  segment's earlier tokens
     ``<p>_step``              ``[*B, 1]`` int64                  episode step of the next token
     ========================  ================================  =========================================
