@@ -120,7 +120,8 @@ class RelativeSelfAttention(nn.Module):
             s = (s + torch.gather(pos_scores, -1, index.expand(b, h, n, index.shape[-1]))) * scale
             scores.append(s.masked_fill(blocked, float("-inf")))
         probs = torch.softmax(scores[0] if len(scores) == 1 else torch.cat(scores, -1), -1)
-        probs = F.dropout(probs, self.attn_dropout, self.training)
+        if self.training:
+            probs = F.dropout(probs, self.attn_dropout)
         sizes = [vh.shape[-2] for _, vh, _ in blocks]
         y = sum(p @ vh for p, (_, vh, _) in zip(probs.split(sizes, -1), blocks))  # [B, H, n, d]
         return self.out(merge_heads(y))

@@ -81,11 +81,11 @@ class ELMURBackbone(nn.Module):
         """The fresh-episode (all zeros) state for ``batch`` rows, on this module's device/dtype."""
         return ELMURState.zeros(self.config, batch, dtype=self.dtype, device=self.memory_init.device)
 
-    def memory_view(self, memory: Tensor, memory_time: Tensor, layer: int) -> Tensor:
-        """Slot vectors of one layer as reads and writes see them ``[B, M, D]``: the stored vector,
-        or the fixed initial vector in empty slots."""
+    def memory_view(self, memory: Tensor, memory_time: Tensor) -> Tensor:
+        """Slot vectors of all layers as reads and writes see them ``[B, L, M, D]``: the stored
+        vector, or the fixed initial vector in empty slots (``memory_time == 0``)."""
         empty = (memory_time == 0).unsqueeze(-1)
-        return torch.where(empty, self.memory_init[layer].to(memory.dtype), memory)
+        return torch.where(empty, self.memory_init.to(memory.dtype), memory)
 
     def commit_segment(
         self, memory: Tensor, memory_time: Tensor, outputs: list[Tensor], tok_stamp: Tensor
@@ -102,8 +102,9 @@ class ELMURBackbone(nn.Module):
         """
         c = self.config
         new_memory, new_time = [], []
+        seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
         for i, layer in enumerate(self.layers):
-            mem = self.memory_view(memory[:, i], memory_time[:, i], i)
+            mem = seen[:, i]
             candidate = layer.write_candidates(mem, memory_time[:, i], outputs[i], tok_stamp)
             m, t = lru_commit(mem, memory_time[:, i], candidate, tok_stamp[:, -1], c.lru_blend, c.write_rule)
             new_memory.append(m)
@@ -158,6 +159,7 @@ class ELMURBackbone(nn.Module):
         new = relative_geometry(p[:, None], p[:, None], None, K)  # the token itself, distance 0
         tok_stamp = (state.step + 1)[:, None]  # [B, 1]
         memory, memory_time = state.memory, state.memory_time
+        seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
         new_entries = []  # per layer: this token's key, value and output, heads split [B, H, 1, d]
         for i, layer in enumerate(self.layers):
             q, k, v = layer.project(h)  # [B, 1, D] each
@@ -168,7 +170,7 @@ class ELMURBackbone(nn.Module):
             ]
             h = layer.token_output(
                 h, q, blocks, self.u, self.v,
-                self.memory_view(memory[:, i], memory_time[:, i], i), tok_stamp, memory_time[:, i],
+                seen[:, i], tok_stamp, memory_time[:, i],
             )
             new_entries.append((k, v, split_heads(h, H)))
         # the next state's cache: one copy of the input cache plus the new token at slot p
@@ -245,6 +247,7 @@ class ELMURBackbone(nn.Module):
             window = slice(c * K, (c + 1) * K)
             h, stamps, first = h_line[:, window], stamp_line[:, window], c == 0
             chunk_entries = []
+            seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
             for i, layer in enumerate(self.layers):
                 q, k, v = layer.project(h)  # [B, K, D]
                 k, v = split_heads(k, H), split_heads(v, H)  # [B, H, K, d]
@@ -253,7 +256,7 @@ class ELMURBackbone(nn.Module):
                     v = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_VALUE), v)
                 h = layer.token_output(
                     h, q, [(k, v, causal)], self.u, self.v,
-                    self.memory_view(memory[:, i], memory_time[:, i], i), stamps, memory_time[:, i],
+                    seen[:, i], stamps, memory_time[:, i],
                 )
                 if first:
                     h = torch.where(cached[:, window], merge_heads(layer_cache(state.cache, i, CACHE_OUTPUT)), h)

@@ -36,7 +36,7 @@ class Residual(nn.Module):
         return self.norm(x) if self.pre else x
 
     def out(self, x: Tensor, y: Tensor) -> Tensor:
-        y = x + self.drop(y)
+        y = x + (self.drop(y) if self.training else y)
         return y if self.pre else self.norm(y)
 
 

@@ -47,12 +47,13 @@ def window_recompute(backbone: ELMURBackbone, x: Tensor, state: ELMURState | Non
         stamps = (state.step + start + 1)[:, None] + pos  # [B, n]
         causal = relative_geometry(pos, pos, None, K)
         layer_outputs, entries = [], []
+        seen = backbone.memory_view(memory, memory_time)  # [B, L, M, D]
         for i, layer in enumerate(backbone.layers):
             q, k, v = layer.project(h)
             k, v = split_heads(k, backbone.config.num_heads), split_heads(v, backbone.config.num_heads)
             h = layer.token_output(
                 h, q, [(k, v, causal)], backbone.u, backbone.v,
-                backbone.memory_view(memory[:, i], memory_time[:, i], i), stamps, memory_time[:, i],
+                seen[:, i], stamps, memory_time[:, i],
             )
             layer_outputs.append(h)
             entries.append((k, v, split_heads(h, backbone.config.num_heads)))  # [B, H, n, d] each
