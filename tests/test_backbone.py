@@ -221,6 +221,22 @@ class TestGradients:
         y[:, -1].sum().backward()
         assert (x.grad.abs().sum(-1) > 0).all()
 
+    def test_step_path_gradients_equal_sequence_path(self, backbone_factory):
+        """Backward through the step path (it writes each token into the next cache) gives the
+        sequence path's gradients, for inputs and weights, across two segment commits."""
+        net = backbone_factory(segment_len=3, detach_memory=False)
+        x = torch.randn(2, 8, 5, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(2, 8, net.config.d_model, dtype=torch.float64)
+        grads = []
+        for run in (lambda: run_steps(net, x)[0], lambda: net(x)[0]):
+            net.zero_grad()
+            x.grad = None
+            (run() * w).sum().backward()
+            grads.append([x.grad.clone()] + [p.grad.clone() for p in net.parameters() if p.grad is not None])
+        assert len(grads[0]) == len(grads[1]) > 10
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
     def test_memory_dropout_changes_only_write_in_training(self, backbone_factory):
         net = backbone_factory(segment_len=2, memory_dropout=0.5).train()
         x = torch.randn(2, 2, 5, dtype=torch.float64)

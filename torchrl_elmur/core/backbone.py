@@ -154,28 +154,22 @@ class ELMURBackbone(nn.Module):
         h = self.in_proj(x).unsqueeze(1)  # [B, 1, D]
         p = state.step % K  # [B]
         pos = torch.arange(K, device=x.device)
-        # where the cached tokens and the new token sit relative to the query: same for all layers
-        cached = relative_geometry(p[:, None], pos, pos < p[:, None], K)  # slots before p exist
-        new = relative_geometry(p[:, None], p[:, None], None, K)  # the token itself, distance 0
+        rows = torch.arange(B, device=x.device)
+        # the query sees this segment's tokens so far, itself included (slot p); same for all layers
+        visible = relative_geometry(p[:, None], pos, pos <= p[:, None], K)
         tok_stamp = (state.step + 1)[:, None]  # [B, 1]
         memory, memory_time = state.memory, state.memory_time
         seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
-        new_entries = []  # per layer: this token's key, value and output, heads split [B, H, 1, d]
+        cache = state.cache.clone()  # the next state's cache: the input's plus this token at slot p
+        outputs = []  # per layer: this token's output, heads split [B, H, d]
         for i, layer in enumerate(self.layers):
             q, k, v = layer.project(h)  # [B, 1, D] each
-            k, v = split_heads(k, H), split_heads(v, H)  # [B, H, 1, d]
-            blocks = [
-                (layer_cache(state.cache, i, CACHE_KEY), layer_cache(state.cache, i, CACHE_VALUE), cached),
-                (k, v, new),
-            ]
-            h = layer.token_output(
-                h, q, blocks, self.u, self.v,
-                seen[:, i], tok_stamp, memory_time[:, i],
-            )
-            new_entries.append((k, v, split_heads(h, H)))
-        # the next state's cache: one copy of the input cache plus the new token at slot p
-        cache = state.cache.clone()
-        cache[torch.arange(B, device=x.device), :, p] = pack_cache(new_entries)[:, :, 0]  # [B, H, L, 3, d]
+            cache = self._write_token(cache, rows, p, i, slice(CACHE_KEY, CACHE_VALUE + 1),
+                                      torch.stack([k.view(B, H, -1), v.view(B, H, -1)], -2))  # [B, H, 2, d]
+            blocks = [(layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE), visible)]
+            h = layer.token_output(h, q, blocks, self.u, self.v, seen[:, i], tok_stamp, memory_time[:, i])
+            outputs.append(h.view(B, H, -1))
+        cache = self._write_token(cache, rows, p, slice(None), CACHE_OUTPUT, torch.stack(outputs, -2))  # [B, H, L, d]
 
         done = p == K - 1  # rows whose segment is now complete
         if static or bool(done.any()):
@@ -194,6 +188,15 @@ class ELMURBackbone(nn.Module):
                 cache[rows] = 0.0  # the next segment starts with an empty cache
         y = self.final_norm(h[:, 0])
         return y, ELMURState(memory, memory_time, cache, state.step + 1)
+
+    @staticmethod
+    def _write_token(cache: Tensor, rows: Tensor, p: Tensor, layer, kind, value: Tensor) -> Tensor:
+        """``cache[rows, :, p, layer, kind] = value``: each row's token at its slot ``p``. In place,
+        except when autograd records (attention saved views of the cache for its backward)."""
+        if torch.is_grad_enabled():
+            cache = cache.clone()
+        cache[rows, :, p, layer, kind] = value
+        return cache
 
     def compiled_step(self, mode: str = "reduce-overhead"):
         """``torch.compile`` of the static step path (one graph per step; CUDA graphs with the
