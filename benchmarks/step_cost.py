@@ -2,7 +2,9 @@
 
 Measured in one run on one machine:
   * mean time per environment step over two full segments, step path vs reference window
-    recompute (the authors' evaluation procedure), at K=10 and K=60, batch 1 and 256;
+    recompute (the authors' evaluation procedure), at K=10 and K=60, batch 1 and 256; the step
+    path both as ELMURModule runs it (a new state per step: one copy of the segment cache) and
+    with ``inplace=True`` (the state is updated in place: for loops that drop old states);
   * the step path's time per step at episode step 10 vs 10^6 (it must not grow: the state has a
     fixed shape, so the step counter is simply set to 10^6).
 
@@ -14,6 +16,7 @@ Prints a table, writes ``<out>/step_cost.csv`` and ends with one JSON line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -85,13 +88,16 @@ def main() -> None:
         net = ELMURBackbone(ELMURConfig.tmaze(segment_len=K)).to(args.device).eval()
         for batch in args.batches:
             step = step_path_ms(net, batch, 10, args.repeats, args.device)
+            inplace = step_path_ms(net, batch, 10, args.repeats, args.device, functools.partial(net.step, inplace=True))
             far = step_path_ms(net, batch, 10**6, args.repeats, args.device)
             window = window_recompute_ms(net, batch, args.repeats, args.device)
-            rows.append({"segment_len": K, "batch": batch, "step_ms": step, "reference_ms": window,
-                         "speedup": window / step, "step_ms_at_1e6": far, "growth_1e6_vs_10": far / step})
+            rows.append({"segment_len": K, "batch": batch, "step_ms": step, "inplace_ms": inplace, "reference_ms": window,
+                         "speedup": window / step, "speedup_inplace": window / inplace, "step_ms_at_1e6": far,
+                         "growth_1e6_vs_10": far / step})
     print(f"\nELMUR step cost, T-Maze config (D=128, L=2, H=2, M=2), {machine(args.device)}")
     print(format_table(rows, [("segment_len", "K", "d"), ("batch", "batch", "d"), ("step_ms", "step ms", ".3f"),
-                              ("reference_ms", "window ms", ".3f"), ("speedup", "speedup", ".1f"),
+                              ("inplace_ms", "in-place ms", ".3f"), ("reference_ms", "window ms", ".3f"),
+                              ("speedup", "window/step", ".1f"), ("speedup_inplace", "window/in-place", ".1f"),
                               ("step_ms_at_1e6", "step ms @1e6", ".3f"), ("growth_1e6_vs_10", "1e6/10", ".2f")]))
     write_csv(rows, Path(args.out) / "step_cost.csv")
     print(f"wrote {Path(args.out) / 'step_cost.csv'}")

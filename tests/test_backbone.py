@@ -126,6 +126,33 @@ class TestParity:
             assert_close(y_b, y_a, torch.float64)
             assert_states_equal(s_b, s_a, torch.float64)
 
+    def test_inplace_step_equals_step(self, backbone_factory):
+        """inplace=True gives the same outputs and states, rows at different phases, and updates
+        the given state's tensors instead of allocating new ones."""
+        net = backbone_factory(segment_len=3)
+        x = torch.randn(3, 8, 5, dtype=torch.float64)
+        start = net.initial_state(3)
+        start.step = torch.tensor([0, 1, 2])  # three phases: commits happen on different steps per row
+        with torch.no_grad():
+            y_ref, s_ref = run_steps(net, x, start.map(torch.clone))
+            s = start.map(torch.clone)
+            tensors = [s.memory, s.memory_time, s.cache, s.step]
+            ys = []
+            for t in range(x.shape[1]):
+                y, s = net.step(x[:, t], s, inplace=True)
+                ys.append(y)
+        torch.testing.assert_close(torch.stack(ys, 1), y_ref, rtol=0, atol=1e-12)
+        assert_states_equal(s, s_ref, torch.float64)
+        assert all(a is b for a, b in zip(tensors, [s.memory, s.memory_time, s.cache, s.step]))
+
+    def test_inplace_needs_no_grad_and_a_state(self, backbone_factory):
+        net = backbone_factory()
+        x = torch.randn(2, 5, dtype=torch.float64)
+        with pytest.raises(ValueError, match="inplace=True needs .* autograd off"):
+            net.step(x, net.initial_state(2), inplace=True)
+        with torch.no_grad(), pytest.raises(ValueError, match="received state=None"):
+            net.step(x, None, inplace=True)
+
     def test_rows_at_different_phases_and_lengths(self, backbone_factory):
         net = backbone_factory(segment_len=4, memory_slots=2)
         x = torch.randn(3, 21, 5, dtype=torch.float64)

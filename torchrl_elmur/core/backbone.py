@@ -134,7 +134,9 @@ class ELMURBackbone(nn.Module):
         return state
 
     # ------------------------------------------------------------------ streaming path
-    def step(self, x: Tensor, state: ELMURState | None = None, *, static: bool = False) -> tuple[Tensor, ELMURState]:
+    def step(
+        self, x: Tensor, state: ELMURState | None = None, *, static: bool = False, inplace: bool = False
+    ) -> tuple[Tensor, ELMURState]:
         """Process one token per row.
 
         Args:
@@ -144,11 +146,23 @@ class ELMURBackbone(nn.Module):
                 completes, instead of picking those rows first. Same result, no host sync and no
                 data-dependent shapes: the form ``torch.compile`` / CUDA graphs can capture whole
                 (see :meth:`compiled_step`); more work when M is large.
+            inplace: update ``state``'s tensors in place and return them, instead of copying the
+                segment cache (``[B, H, K, L, 3, d]``) into a new state every step: for inference
+                loops that never read a state again once it has been stepped (``state =
+                step(x, state)[1]``). Needs autograd off; not with ``static``. Saves one copy of
+                the whole cache per step (memory traffic O(K) per row). :class:`~torchrl_elmur.ELMURModule`
+                never uses it: TorchRL rollouts and collectors keep every step's state.
 
         Returns:
-            ``(y [B, D], next_state)``. The input state is not modified.
+            ``(y [B, D], next_state)``. The input state is not modified (unless ``inplace``).
         """
         self._check_tokens(x, 2, "step")
+        if inplace and (static or torch.is_grad_enabled() or state is None):
+            raise ValueError(
+                "ELMURBackbone.step: inplace=True needs a given state, autograd off (torch.no_grad()) and "
+                f"static=False; received state={'None' if state is None else 'given'}, "
+                f"grad enabled={torch.is_grad_enabled()}, static={static}."
+            )
         state = self._prepare(x, state, "step")
         B, K, H = x.shape[0], self.config.segment_len, self.config.num_heads
         h = self.in_proj(x).unsqueeze(1)  # [B, 1, D]
@@ -160,7 +174,7 @@ class ELMURBackbone(nn.Module):
         tok_stamp = (state.step + 1)[:, None]  # [B, 1]
         memory, memory_time = state.memory, state.memory_time
         seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
-        cache = state.cache.clone()  # the next state's cache: the input's plus this token at slot p
+        cache = state.cache if inplace else state.cache.clone()  # the next cache: the input's plus this token at slot p
         outputs = []  # per layer: this token's output, heads split [B, H, d]
         for i, layer in enumerate(self.layers):
             q, k, v = layer.project(h)  # [B, 1, D] each
@@ -174,20 +188,21 @@ class ELMURBackbone(nn.Module):
         done = p == K - 1  # rows whose segment is now complete
         if static or bool(done.any()):
             # static: write every row, keep it where done; else write the done rows only
-            rows = slice(None) if static else done.nonzero().squeeze(-1)
-            seg_stamp = (state.step - p + 1)[rows, None] + pos  # [b, K]
-            outs = [merge_heads(layer_cache(cache, i, CACHE_OUTPUT)[rows]) for i in range(len(self.layers))]  # [b, K, D]
-            mem, time = self.commit_segment(memory[rows], memory_time[rows], outs, seg_stamp)
+            done_rows = slice(None) if static else done.nonzero().squeeze(-1)
+            seg_stamp = (state.step - p + 1)[done_rows, None] + pos  # [b, K]
+            outs = [merge_heads(layer_cache(cache, i, CACHE_OUTPUT)[done_rows]) for i in range(len(self.layers))]  # [b, K, D]
+            mem, time = self.commit_segment(memory[done_rows], memory_time[done_rows], outs, seg_stamp)
             if static:
                 memory = torch.where(done[:, None, None, None], mem, memory)
                 memory_time = torch.where(done[:, None, None], time, memory_time)
                 cache = torch.where(done[:, None, None, None, None, None], torch.zeros_like(cache), cache)
             else:
-                memory = memory.index_copy(0, rows, mem)
-                memory_time = memory_time.index_copy(0, rows, time)
-                cache[rows] = 0.0  # the next segment starts with an empty cache
+                index_copy = torch.Tensor.index_copy_ if inplace else torch.Tensor.index_copy
+                memory = index_copy(memory, 0, done_rows, mem)
+                memory_time = index_copy(memory_time, 0, done_rows, time)
+                cache[done_rows] = 0.0  # the next segment starts with an empty cache
         y = self.final_norm(h[:, 0])
-        return y, ELMURState(memory, memory_time, cache, state.step + 1)
+        return y, ELMURState(memory, memory_time, cache, state.step.add_(1) if inplace else state.step + 1)
 
     @staticmethod
     def _write_token(cache: Tensor, rows: Tensor, p: Tensor, layer, kind, value: Tensor) -> Tensor:
