@@ -136,6 +136,9 @@ class TestKeysAndModes:
         assert specs["elmur_memory_time"].shape == (2, 2) and specs["elmur_memory_time"].dtype == torch.int64
         assert specs["elmur_cache"].shape == (2, 3, 2, 3, 8)
         assert specs["elmur_step"].shape == (1,) and specs["elmur_step"].dtype == torch.int64
+        # sizes that tell the cache's dims apart: [H, K, L, 3, D/H]
+        m = ELMURModule(input_size=3, hidden_size=20, num_layers=3, num_heads=4, segment_len=5, in_key="obs", out_key="h")
+        assert m.make_tensordict_primer().primers["elmur_cache"].shape == (4, 5, 3, 3, 5)
 
     def test_default_recurrent_mode_and_context(self):
         m = make_module(default_recurrent_mode=True)
