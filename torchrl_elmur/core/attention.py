@@ -90,41 +90,32 @@ class RelativeSelfAttention(nn.Module):
         """``x [B, n, D]`` -> queries, keys, values, each ``[B, n, D]``."""
         return self.qkv(x).chunk(3, dim=-1)
 
-    def attend(self, q: Tensor, blocks: list[tuple[Tensor, Tensor, RelativeGeometry]], u: Tensor, v_bias: Tensor) -> Tensor:
-        """Attention of ``n`` queries over one segment's keys, given as one or more blocks.
-
-        Blocks let the streaming path attend over the cached keys and the new token's key
-        without first copying them into one tensor; the softmax runs over all blocks jointly.
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, geometry: RelativeGeometry, u: Tensor, v_bias: Tensor) -> Tensor:
+        """Attention of ``n`` queries over the ``S`` keys of their segment so far.
 
         Args:
             q: ``[B, n, D]``.
-            blocks: ``(k, v, geometry)`` per block: ``k, v [B, H, S_b, d]`` (heads split; any
-                strides whose two batch dims fold into one, as in the state's cache) and the
-                block's :func:`relative_geometry`, computed once and shared by all layers.
+            k, v: ``[B, H, S, d]`` (heads split; any strides whose batch dims B and H fold into
+                one, as in the state's cache, are read without a copy).
+            geometry: :func:`relative_geometry` of the queries and keys, computed once and shared
+                by all layers.
             u, v_bias: shared Transformer-XL biases ``[H, d]``.
 
         Returns:
             ``[B, n, D]`` (after the output projection).
         """
-        h = self.num_heads
-        qh = split_heads(q, h)  # [B, H, n, d]
-        b, _, n, d = qh.shape
-        scale = 1.0 / math.sqrt(d)
+        index, blocked = geometry
+        qh = split_heads(q, self.num_heads)  # [B, H, n, d]
+        b, h, n, d = qh.shape
         r = self.relative_keys(q.dtype)[0]  # [H, K, d]
         # position scores by distance [B, H, n, K]; batched over heads (r is never copied per row)
         pos_scores = torch.einsum("bhnd,hkd->bhnk", qh + v_bias[None, :, None, :], r)
-        content_q = qh + u[None, :, None, :]
-        scores = []
-        for kh, _, (index, blocked) in blocks:
-            s = content_q @ kh.transpose(-1, -2)  # [B, H, n, S_b]
-            s = (s + torch.gather(pos_scores, -1, index.expand(b, h, n, index.shape[-1]))) * scale
-            scores.append(s.masked_fill(blocked, float("-inf")))
-        probs = torch.softmax(scores[0] if len(scores) == 1 else torch.cat(scores, -1), -1)
+        scores = (qh + u[None, :, None, :]) @ k.transpose(-1, -2)  # content scores [B, H, n, S]
+        scores = (scores + torch.gather(pos_scores, -1, index.expand(b, h, n, index.shape[-1]))) / math.sqrt(d)
+        probs = torch.softmax(scores.masked_fill(blocked, float("-inf")), -1)
         if self.training:
             probs = F.dropout(probs, self.attn_dropout)
-        sizes = [vh.shape[-2] for _, vh, _ in blocks]
-        y = sum(p @ vh for p, (_, vh, _) in zip(probs.split(sizes, -1), blocks))  # [B, H, n, d]
-        return self.out(merge_heads(y))
+        return self.out(merge_heads(probs @ v))  # [B, H, n, d] -> [B, n, D]
 
 
 def relative_geometry(q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None, max_distance: int) -> RelativeGeometry:

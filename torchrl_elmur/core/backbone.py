@@ -180,8 +180,8 @@ class ELMURBackbone(nn.Module):
             q, k, v = layer.project(h)  # [B, 1, D] each
             cache = self._write_token(cache, rows, p, i, slice(CACHE_KEY, CACHE_VALUE + 1),
                                       torch.stack([k.view(B, H, -1), v.view(B, H, -1)], -2))  # [B, H, 2, d]
-            blocks = [(layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE), visible)]
-            h = layer.token_output(h, q, blocks, self.u, self.v, seen[:, i], tok_stamp, memory_time[:, i])
+            segment = (layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE), visible)
+            h = layer.token_output(h, q, segment, self.u, self.v, seen[:, i], tok_stamp, memory_time[:, i])
             outputs.append(h.view(B, H, -1))
         cache = self._write_token(cache, rows, p, slice(None), CACHE_OUTPUT, torch.stack(outputs, -2))  # [B, H, L, d]
 
@@ -273,7 +273,7 @@ class ELMURBackbone(nn.Module):
                     k = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_KEY), k)
                     v = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_VALUE), v)
                 h = layer.token_output(
-                    h, q, [(k, v, causal)], self.u, self.v,
+                    h, q, (k, v, causal), self.u, self.v,
                     seen[:, i], stamps, memory_time[:, i],
                 )
                 if first:

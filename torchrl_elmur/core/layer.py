@@ -87,15 +87,15 @@ class ELMURLayer(nn.Module):
         return self.self_attn.project(self.res_self.inp(h))
 
     def token_output(
-        self, h: Tensor, q: Tensor, blocks: list, u: Tensor, v_bias: Tensor,
+        self, h: Tensor, q: Tensor, segment: tuple, u: Tensor, v_bias: Tensor,
         memory: Tensor, tok_stamp: Tensor, slot_stamp: Tensor,
     ) -> Tensor:
         """Layer output of ``n`` tokens.
 
         Args:
             h: layer input ``[B, n, D]``; q: its queries ``[B, n, D]``.
-            blocks: the segment's keys and values so far with their geometry, see
-                :meth:`RelativeSelfAttention.attend`.
+            segment: ``(k, v, geometry)``, the segment's keys and values so far (this token's
+                included) and their geometry, see :meth:`RelativeSelfAttention.attend`.
             u, v_bias: shared Transformer-XL biases ``[H, d]``.
             memory: slot vectors the read sees ``[B, M, D]`` (initial vector in empty slots).
             tok_stamp: int64 ``[B, n]`` = 1 + episode step of each token.
@@ -104,7 +104,7 @@ class ELMURLayer(nn.Module):
         Returns:
             ``[B, n, D]``.
         """
-        h1 = self.res_self.out(h, self.self_attn.attend(q, blocks, u, v_bias))
+        h1 = self.res_self.out(h, self.self_attn.attend(q, *segment, u, v_bias))
         gap = tok_stamp.unsqueeze(-1) - slot_stamp.unsqueeze(-2)  # [B, n, M]
         h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias))
         return self.res_ff.out(h2, self.ffn(self.res_ff.inp(h2)))

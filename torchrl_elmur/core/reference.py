@@ -52,7 +52,7 @@ def window_recompute(backbone: ELMURBackbone, x: Tensor, state: ELMURState | Non
             q, k, v = layer.project(h)
             k, v = split_heads(k, backbone.config.num_heads), split_heads(v, backbone.config.num_heads)
             h = layer.token_output(
-                h, q, [(k, v, causal)], backbone.u, backbone.v,
+                h, q, (k, v, causal), backbone.u, backbone.v,
                 seen[:, i], stamps, memory_time[:, i],
             )
             layer_outputs.append(h)
