@@ -12,6 +12,7 @@ ones (a memory that lost the cue at length L cannot recover it at 10 L); those c
     python benchmarks/tmaze_horizon.py --quick              # lengths up to 10^4, a few minutes
     python benchmarks/tmaze_horizon.py                      # up to 10^6
     python benchmarks/tmaze_horizon.py --device cuda
+    python benchmarks/tmaze_horizon.py --device cuda --compile  # ELMUR step mode compiled (CUDA graphs)
 
 Writes ``<out>/tmaze_horizon.csv``, ``.md`` and ``.png``; prints the wall time of each evaluation
 and ends with one JSON line.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tutorials"))
 import offline_bc  # noqa: E402  (the tutorial: its Args, make_actor and train are the recipe)
 from common import format_table, machine, write_csv  # noqa: E402
 
+from torchrl_elmur import ELMURModule  # noqa: E402
 from torchrl_elmur.training import plot_success_vs_length, start_wandb, tmaze_success_rate  # noqa: E402
 
 FULL = [10, 30, 100, 1000, 10_000, 100_000, 1_000_000]
@@ -50,6 +52,7 @@ class Args:
     train_steps: int = offline_bc.Args.steps  # when training here (no checkpoint)
     skip: bool = True
     device: str = "cpu"
+    compile: bool = False  # ELMURModule.compile_step(): for GPUs (on a CPU the compiled step is slower)
     threads: int = 1  # one thread: per-step latency bound work, robust on a shared machine
     seed: int = 0
     out: str = "outputs/benchmarks"
@@ -66,13 +69,14 @@ def parse_args() -> Args:
     p.add_argument("--train-steps", type=int, default=d.train_steps, help="gradient steps when no checkpoint")
     p.add_argument("--no-skip", dest="skip", action="store_false", help="evaluate policies at chance too")
     p.add_argument("--device", default=d.device)
+    p.add_argument("--compile", action="store_true", help="compile ELMUR's step mode (torch.compile; for --device cuda)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out)
     a = p.parse_args()
     lengths = a.lengths or (QUICK if a.quick else FULL)
     return Args(a.policies, lengths, a.quick, a.eval_episodes, a.checkpoints, a.train_steps, a.skip, a.device,
-                a.threads, a.seed, a.out)
+                a.compile, a.threads, a.seed, a.out)
 
 
 def load_or_train(kind: str, args: Args):
@@ -100,6 +104,10 @@ def main() -> None:
     for kind in args.policies:
         actor, train_s = load_or_train(kind, args)
         actor = actor.to(args.device).eval()
+        if args.compile:
+            for module in actor.modules():
+                if isinstance(module, ELMURModule):
+                    module.compile_step("reduce-overhead" if args.device.startswith("cuda") else "default")
         at_chance = 0
         for length in args.lengths:
             row = {"policy": kind, "corridor_length": length, "train_seconds": train_s}
@@ -134,7 +142,8 @@ def main() -> None:
                            train_max=offline_bc.Args.max_corridor)
     print(f"wrote {out}/tmaze_horizon.csv, .md, .png ({time.perf_counter() - t0:.0f} s in all)")
     summary = {k: {str(r["corridor_length"]): r.get("success") for r in rows if r["policy"] == k} for k in args.policies}
-    print(json.dumps({"benchmark": "tmaze_horizon", "device": args.device, "machine": machine(args.device),
+    print(json.dumps({"benchmark": "tmaze_horizon", "device": args.device, "compiled": args.compile,
+                      "machine": machine(args.device),
                       "success": summary, "total_seconds": round(time.perf_counter() - t0, 1)}))
 
 

@@ -127,6 +127,8 @@ class ELMURModule(TensorDictModuleBase):
         if device is not None:
             self.backbone.to(device)
         self._recurrent_mode = default_recurrent_mode
+        self._compile_mode: str | None = None  # set by compile_step
+        self._compiled_step = None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -205,6 +207,35 @@ class ELMURModule(TensorDictModuleBase):
             for key, (shape, dtype) in zip(self.state_keys, self.state_feature_shapes().values())
         }
         return TensorDictPrimer(specs, expand_specs=True)
+
+    # ------------------------------------------------------------------ compiled step mode
+    def compile_step(self, mode: str | None = "reduce-overhead") -> "ELMURModule":
+        """Run step mode through ``torch.compile`` of the backbone's sync-free step
+        (:meth:`ELMURBackbone.compiled_step`; with the default mode, CUDA graphs on a GPU).
+
+        Used only without autograd (inference, collection); with autograd on, and in recurrent
+        mode, the eager paths run. The compiled step computes the segment write for every row at
+        every step (the price of having no data-dependent branch): worth it on a GPU, where a
+        step is bound by kernel launches; on a CPU it is slower. ``mode=None`` switches back to
+        eager. Compilation happens on the first calls; each batch size compiles once.
+
+        Returns:
+            ``self``.
+        """
+        self._compile_mode = mode
+        self._compiled_step = None if mode is None else self.backbone.compiled_step(mode)
+        return self
+
+    def __getstate__(self):  # a compiled function does not pickle: workers compile again
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_compiled_step"] = None
+        return state
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if self._compile_mode is not None:
+            self._compiled_step = self.backbone.compiled_step(self._compile_mode)
 
     # ------------------------------------------------------------------ recurrent mode
     @property
@@ -294,7 +325,8 @@ class ELMURModule(TensorDictModuleBase):
         state = self._to_state(self._state_tensors(flat), flat.shape[0], value.device)
         if bool(is_init.any()):  # reset those rows to the fresh (all zeros) state
             state = state.map(lambda t: torch.where(is_init.view(-1, *([1] * (t.ndim - 1))), torch.zeros_like(t), t))
-        y, new = self.backbone.step(value, state)
+        compiled = self._compiled_step is not None and not torch.is_grad_enabled()
+        y, new = (self._compiled_step if compiled else self.backbone.step)(value, state)
         feats = self.state_feature_shapes()
         return self._write(
             td, y.reshape(*shape, -1),
