@@ -36,7 +36,7 @@ stage() {  # stage NAME seconds command...: runs one check, keeps going if it fa
 }
 
 stage device_parity 60 $PY benchmarks/device_parity.py --device cuda
-stage step_cost 90 $PY benchmarks/step_cost.py --device cuda --out "$out"
+stage step_cost 150 $PY benchmarks/step_cost.py --device cuda --out "$out"
 stage throughput 210 $PY benchmarks/throughput.py --device cuda --compile --out "$out"
 stage tmaze_horizon_quick 300 $PY benchmarks/tmaze_horizon.py --quick --device cuda --threads 0 --checkpoints "$out/none" --out "$out"
 echo "done in $SECONDS s; tables in $out"
