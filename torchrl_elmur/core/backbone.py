@@ -9,7 +9,9 @@ p = position in the current segment (``step % K``).
   tokens), processed one segment-chunk at a time with full causal attention, and memory is
   committed at every segment boundary a row crosses.
 - :meth:`ELMURBackbone.step` (streaming path, inference): one token per call; cost O(K + M)
-  attention per layer, independent of the episode step.
+  attention per layer, independent of the episode step. The token's key and value go into the
+  next state's cache at slot p, then it attends over slots 0..p. The next state is a new one
+  (one copy of the cache per step) unless ``inplace=True``.
 - :func:`torchrl_elmur.core.reference.window_recompute` is the slow reference both are tested
   against.
 """
