@@ -227,10 +227,7 @@ class ELMURModule(TensorDictModuleBase):
         return self
 
     def __getstate__(self):  # a compiled function does not pickle: workers compile again
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        state["_compiled_step"] = None
-        return state
+        return {**self.__dict__, "_compiled_step": None}
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
