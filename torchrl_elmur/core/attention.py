@@ -72,11 +72,16 @@ class RelativeSelfAttention(nn.Module):
         )  # [K, D]
         self._r_cache: tuple | None = None  # (key, r) of the last relative keys computed without grad
 
-    def relative_keys(self, dtype: torch.dtype) -> Tensor:
+    def relative_keys(self, dtype: torch.dtype, position_mask: Tensor | None = None) -> Tensor:
         """``W_r sinusoid(delta)`` for delta = 0 .. K-1, split into heads: ``[1, H, K, d]``.
 
-        Without autograd it is cached until the weights change (their version counter moves).
+        ``position_mask`` (``[K, D]``, a dropout mask already scaled by 1/(1-p)) multiplies the
+        sinusoid first (position-embedding dropout). Without autograd and without a mask the
+        result is cached until the weights change (their version counter moves).
         """
+        if position_mask is not None:
+            emb = self.distance_embedding.to(dtype) * position_mask
+            return split_heads(self.r_proj(emb).unsqueeze(0), self.num_heads)
         if torch.is_grad_enabled():
             return split_heads(self.r_proj(self.distance_embedding.to(dtype)).unsqueeze(0), self.num_heads)
         w = self.r_proj.weight
@@ -90,7 +95,8 @@ class RelativeSelfAttention(nn.Module):
         """``x [B, n, D]`` -> queries, keys, values, each ``[B, n, D]``."""
         return self.qkv(x).chunk(3, dim=-1)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, geometry: RelativeGeometry, u: Tensor, v_bias: Tensor) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, geometry: RelativeGeometry, u: Tensor, v_bias: Tensor,
+               position_mask: Tensor | None = None) -> Tensor:
         """Attention of ``n`` queries over the ``S`` keys of their segment so far.
 
         Args:
@@ -100,6 +106,7 @@ class RelativeSelfAttention(nn.Module):
             geometry: :func:`relative_geometry` of the queries and keys, computed once and shared
                 by all layers.
             u, v_bias: shared Transformer-XL biases ``[H, d]``.
+            position_mask: optional dropout mask of the position embedding, see :meth:`relative_keys`.
 
         Returns:
             ``[B, n, D]`` (after the output projection).
@@ -107,7 +114,7 @@ class RelativeSelfAttention(nn.Module):
         index, blocked = geometry
         qh = split_heads(q, self.num_heads)  # [B, H, n, d]
         b, h, n, d = qh.shape
-        r = self.relative_keys(q.dtype)[0]  # [H, K, d]
+        r = self.relative_keys(q.dtype, position_mask)[0]  # [H, K, d]
         # position scores by distance [B, H, n, K]; batched over heads (r is never copied per row)
         pos_scores = torch.einsum("bhnd,hkd->bhnk", qh + v_bias[None, :, None, :], r)
         scores = (qh + u[None, :, None, :]) @ k.transpose(-1, -2)  # content scores [B, H, n, S]
@@ -155,16 +162,17 @@ def relative_geometry(q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None, ma
 class TimeGapCrossAttention(nn.Module):
     """Multi-head cross-attention with an additive per-head bias looked up by time gap.
 
-    The bias table (``[2G-1, H]``, zeros at init) belongs to the layer and is shared by its read
-    and write; it is passed to :meth:`forward`.
+    The bias table (``[2G-1, H]``) belongs to the layer and is shared by its read and write; it
+    is passed to :meth:`forward`. Query, key and value projections have no bias; the output
+    projection has one when ``out_bias`` (as in the released code).
     """
 
-    def __init__(self, d_model: int, num_heads: int, attn_dropout: float) -> None:
+    def __init__(self, d_model: int, num_heads: int, attn_dropout: float, out_bias: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=out_bias)
         self.attn_dropout = attn_dropout
 
     def forward(self, queries: Tensor, keys: Tensor, gap: Tensor, gap_table: Tensor) -> Tensor:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ELMURConfig
 from .attention import merge_heads, relative_geometry, split_heads
+from .feedforward import MoEFeedForward
 from .layer import ELMURLayer, make_norm
 from .lru import lru_commit
 from .state import CACHE_KEY, CACHE_OUTPUT, CACHE_VALUE, ELMURState, layer_cache, pack_cache
@@ -70,9 +72,49 @@ class ELMURBackbone(nn.Module):
         # Transformer-XL content (u) and position (v) biases, shared by all layers
         self.u = nn.Parameter(torch.zeros(c.num_heads, c.head_dim))
         self.v = nn.Parameter(torch.zeros(c.num_heads, c.head_dim))
+        if c.init == "released":  # the layers initialise themselves (ELMURLayer.reset_parameters_released)
+            nn.init.normal_(self.u, 0.0, 0.02)
+            nn.init.normal_(self.v, 0.0, 0.02)
         self.final_norm = make_norm(c) if c.norm_position == "pre" else nn.Identity()
         # what empty slots show to reads and writes: drawn once, saved with the weights
         self.register_buffer("memory_init", torch.randn(c.num_layers, c.memory_slots, c.d_model) * c.memory_init_std)
+        self._moe = [m for m in self.modules() if isinstance(m, MoEFeedForward)]
+        self._moe_segments = 0  # segments processed by the last call (moe_loss averages over them)
+
+    # ------------------------------------------------------------------ mixture-of-experts loss
+    def moe_loss(self) -> Tensor:
+        """The load-balancing loss of the last training call (``config.moe``; 0 without MoE).
+
+        As in the released code, per segment: the sum over layers of the token and memory
+        feed-forward nets' losses (each with its coefficient); averaged here over the segments
+        that call processed. Add it to the training loss
+        (:class:`~torchrl_elmur.objectives.SequenceCrossEntropyLoss` does).
+        """
+        losses = [loss for m in self._moe for loss in m.aux_losses]
+        if not losses:
+            return self.memory_init.new_zeros(())
+        return torch.stack(losses).sum() / max(1, self._moe_segments)
+
+    def _start_call(self, segments: int) -> None:
+        for m in self._moe:
+            m.aux_losses = []
+        self._moe_segments = segments
+
+    def _input_tokens(self, x: Tensor) -> Tensor:
+        """``in_proj(x)``, with token dropout in training under ``dropout_placement="released"``."""
+        h = self.in_proj(x)
+        if self.training and self.config.dropout_placement == "released" and self.config.dropout > 0:
+            h = F.dropout(h, self.config.dropout)
+        return h
+
+    def _position_mask(self, dtype: torch.dtype, device) -> Tensor | None:
+        """A dropout mask ``[K, D]`` (scaled) of the relative position embedding, drawn once per segment
+        and shared by all layers as in the released code; ``None`` outside training or without
+        ``dropout_placement="released"``."""
+        c = self.config
+        if not (self.training and c.dropout_placement == "released" and c.dropout > 0):
+            return None
+        return F.dropout(torch.ones(c.segment_len, c.d_model, dtype=dtype, device=device), c.dropout)
 
     # ------------------------------------------------------------------ state helpers
     @property
@@ -166,8 +208,10 @@ class ELMURBackbone(nn.Module):
                 f"grad enabled={torch.is_grad_enabled()}, static={static}."
             )
         state = self._prepare(x, state, "step")
+        self._start_call(1)
         B, K, H = x.shape[0], self.config.segment_len, self.config.num_heads
-        h = self.in_proj(x).unsqueeze(1)  # [B, 1, D]
+        h = self._input_tokens(x).unsqueeze(1)  # [B, 1, D]
+        position_mask = self._position_mask(h.dtype, h.device)
         p = state.step % K  # [B]
         pos = torch.arange(K, device=x.device)
         rows = torch.arange(B, device=x.device)
@@ -183,7 +227,7 @@ class ELMURBackbone(nn.Module):
             cache = self._write_token(cache, rows, p, i, slice(CACHE_KEY, CACHE_VALUE + 1),
                                       torch.stack([k.view(B, H, -1), v.view(B, H, -1)], -2))  # [B, H, 2, d]
             segment = (layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE), visible)
-            h = layer.token_output(h, q, segment, self.u, self.v, seen[:, i], tok_stamp, memory_time[:, i])
+            h = layer.token_output(h, q, segment, self.u, self.v, seen[:, i], tok_stamp, memory_time[:, i], position_mask)
             outputs.append(h.view(B, H, -1))
         cache = self._write_token(cache, rows, p, slice(None), CACHE_OUTPUT, torch.stack(outputs, -2))  # [B, H, L, d]
 
@@ -248,9 +292,10 @@ class ELMURBackbone(nn.Module):
         lengths = lengths.to(torch.int64)
         p = state.step % K  # [B]
         n_chunks = max(1, -(-(int(p.max()) + T) // K))
+        self._start_call(n_chunks)
         slots = torch.arange(n_chunks * K, device=x.device)  # segment-aligned timeline
         src = slots[None] - p[:, None]  # [B, S]: token index at each timeline slot (<0: cached)
-        h_in = self.in_proj(x)  # [B, T, D]
+        h_in = self._input_tokens(x)  # [B, T, D]
         gathered = torch.gather(h_in, 1, src.clamp(0, T - 1)[..., None].expand(-1, -1, D))
         h_line = torch.where(((src >= 0) & (src < T))[..., None], gathered, torch.zeros_like(gathered))
         stamp_line = (state.step - p)[:, None] + slots[None] + 1  # [B, S]
@@ -268,6 +313,7 @@ class ELMURBackbone(nn.Module):
             h, stamps, first = h_line[:, window], stamp_line[:, window], c == 0
             chunk_entries = []
             seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
+            position_mask = self._position_mask(h.dtype, h.device)
             for i, layer in enumerate(self.layers):
                 q, k, v = layer.project(h)  # [B, K, D]
                 k, v = split_heads(k, H), split_heads(v, H)  # [B, H, K, d]
@@ -276,7 +322,7 @@ class ELMURBackbone(nn.Module):
                     v = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_VALUE), v)
                 h = layer.token_output(
                     h, q, (k, v, causal), self.u, self.v,
-                    seen[:, i], stamps, memory_time[:, i],
+                    seen[:, i], stamps, memory_time[:, i], position_mask,
                 )
                 if first:
                     h = torch.where(cached[:, window], merge_heads(layer_cache(state.cache, i, CACHE_OUTPUT)), h)

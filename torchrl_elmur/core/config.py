@@ -7,10 +7,61 @@ from dataclasses import dataclass
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("post", "pre")
 WRITE_RULES = ("paper", "official", "replace_all")
+INITS = ("torch", "released")
+DROPOUT_PLACEMENTS = ("residual", "released")
 
 
-def _fail(field: str, value, allowed: str) -> None:
-    raise ValueError(f"ELMURConfig.{field}={value!r} is invalid: expected {allowed}.")
+def _fail(field: str, value, allowed: str, owner: str = "ELMURConfig") -> None:
+    raise ValueError(f"{owner}.{field}={value!r} is invalid: expected {allowed}.")
+
+
+def _check_int(owner: str, name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(name, value, f"an int >= {low}", owner)
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """A mixture-of-experts feed-forward net, as in the released code (DeepSeek-style).
+
+    ``y = sum_{e in top-k(router(x))} g_e(x) * expert_e(x) + sum_s shared_s(x)``, where every
+    expert is a bias-free SwiGLU ``W_down(silu(W_gate x) * W_up x)`` with dropout on its hidden
+    units, the router is a bias-free ``Linear(D, num_experts)`` followed by a softmax, and the
+    gates ``g`` are the top-k probabilities renormalised to sum to 1.
+
+    Args:
+        num_experts: routed experts E.
+        top_k: routed experts active per token. (The released code counts the shared experts
+            in its ``top_k``: its T-Maze ``top_k=3`` with 2 shared experts is ``top_k=1`` here.)
+            With ``top_k=1`` the single gate is always 1: the router receives no gradient and
+            only picks, as initialised, which expert a token goes to (every published config).
+        num_shared: always-active shared experts.
+        expert_ff: hidden width of each routed expert.
+        shared_ff: hidden width of each shared expert.
+        balance_coef: coefficient of the released load-balancing loss
+            ``coef * E * sum_e f_e * G_e`` (``f_e`` the fraction of routed slots that go to
+            expert e, ``G_e`` its summed gate per routed slot), read with
+            :meth:`ELMURBackbone.moe_loss` after a training forward. Constant (no gradient)
+            when ``top_k=1``.
+
+    The defaults are the published T-Maze values (2 routed experts of width 32, one active; 2
+    shared experts of width 512; coefficient 0.1).
+    """
+
+    num_experts: int = 2
+    top_k: int = 1
+    num_shared: int = 2
+    expert_ff: int = 32
+    shared_ff: int = 512
+    balance_coef: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_experts", 1), ("top_k", 1), ("num_shared", 0), ("expert_ff", 1), ("shared_ff", 1)):
+            _check_int("MoEConfig", name, getattr(self, name), low)
+        if self.top_k > self.num_experts:
+            _fail("top_k", self.top_k, f"an int in [1, num_experts={self.num_experts}]", "MoEConfig")
+        if not float(self.balance_coef) >= 0.0:
+            _fail("balance_coef", self.balance_coef, "a float >= 0", "MoEConfig")
 
 
 @dataclass(frozen=True)
@@ -32,13 +83,29 @@ class ELMURConfig:
         norm: ``"layernorm"`` or ``"rmsnorm"``.
         norm_position: ``"post"`` (every published configuration) or ``"pre"``.
         norm_eps: epsilon of every norm (the released code uses 1e-8).
+        moe: ``None`` (default): the token and memory feed-forward nets are MLPs
+            ``Linear(D, d_ff) -> GELU -> dropout -> Linear(d_ff, D)``; a :class:`MoEConfig`:
+            mixtures of experts as in the released code (``d_ff`` is then unused).
+        init: ``"torch"`` (default): PyTorch's default init for every linear layer, zeros for the
+            Transformer-XL biases u, v and the time-gap bias table. ``"released"``: as the
+            released code: xavier-uniform weights (per projection, also inside fused ones) and
+            zero biases in the attention and feed-forward nets, u and v from N(0, 0.02), the
+            time-gap table from N(0, 1) (``nn.Embedding``'s default).
+        cross_attn_out_bias: give the read and write cross-attention output projections a bias
+            (the released code does; default False).
+        dropout_placement: ``"residual"`` (default): ``dropout`` on the token path's residual
+            branches and inside both FFNs, ``memory_dropout`` on the write path's residual
+            branches. ``"released"``: as the released code: also
+            ``dropout`` on the input tokens and on the relative position embedding, ``dropout``
+            (not ``memory_dropout``) on the write path's branches, and ``memory_dropout`` only
+            on the final write candidate (after the memory FFN and its norm).
 
     Memory:
         memory_slots: M slots per layer.
         segment_len: K steps per segment; memory is written once per complete segment.
         lru_blend: lambda, the blend factor of the LRU rule.
         memory_init_std: sigma of the fixed initial slot vectors (a buffer drawn once).
-        memory_dropout: dropout on the residual branches of the write path.
+        memory_dropout: dropout of the write path (where: see ``dropout_placement``).
         write_rule: ``"paper"`` (empty slot takes the candidate outright, then LRU blend),
             ``"official"`` (blend with lambda even into an empty slot, as the released code), or
             ``"replace_all"`` (the "no LRU" ablation: every slot takes its candidate).
@@ -66,12 +133,14 @@ class ELMURConfig:
     write_rule: str = "paper"
     max_time_gap: int = 1024
     detach_memory: bool = True
+    moe: MoEConfig | None = None
+    init: str = "torch"
+    cross_attn_out_bias: bool = False
+    dropout_placement: str = "residual"
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_layers", "num_heads", "memory_slots", "segment_len", "max_time_gap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                _fail(name, value, "an int >= 1")
+            _check_int("ELMURConfig", name, getattr(self, name), 1)
         for name in ("d_ff", "input_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -94,8 +163,15 @@ class ELMURConfig:
             _fail("norm_position", self.norm_position, f"one of {NORM_POSITIONS}")
         if self.write_rule not in WRITE_RULES:
             _fail("write_rule", self.write_rule, f"one of {WRITE_RULES}")
-        if not isinstance(self.detach_memory, bool):
-            _fail("detach_memory", self.detach_memory, "a bool")
+        for name in ("detach_memory", "cross_attn_out_bias"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "a bool")
+        if self.moe is not None and not isinstance(self.moe, MoEConfig):
+            _fail("moe", self.moe, "None or a MoEConfig")
+        if self.init not in INITS:
+            _fail("init", self.init, f"one of {INITS}")
+        if self.dropout_placement not in DROPOUT_PLACEMENTS:
+            _fail("dropout_placement", self.dropout_placement, f"one of {DROPOUT_PLACEMENTS}")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -119,10 +195,28 @@ class ELMURConfig:
     # ELMUR.md section 5. All post-LN with relative positions; LayerNorm eps 1e-8 as released.
     @classmethod
     def tmaze(cls, **changes) -> "ELMURConfig":
-        """T-Maze: D=128, L=2, H=2, M=2, K=10, lambda=0.79, sigma=0.001, dropout 0.10 / attn 0.17."""
+        """T-Maze: D=128, L=2, H=2, M=2, K=10, lambda=0.79, sigma=0.001, dropout 0.10 / attn 0.17 / memory 0.01."""
         base = dict(d_model=128, num_layers=2, num_heads=2, memory_slots=2, segment_len=10,
-                    lru_blend=0.79, memory_init_std=0.001, dropout=0.10, attn_dropout=0.17, norm_eps=1e-8)
+                    lru_blend=0.79, memory_init_std=0.001, dropout=0.10, attn_dropout=0.17, memory_dropout=0.01,
+                    norm_eps=1e-8)
         return cls(**{**base, **changes})
+
+    @classmethod
+    def tmaze_released(cls, **changes) -> "ELMURConfig":
+        """The released code's T-Maze model, as closely as this implementation reproduces it.
+
+        :meth:`tmaze` plus what the released code does beyond the layer equations
+        (``../shared/ELMUR.md`` section 7): its init (``init="released"``), biased cross-attention
+        output projections, its dropout placement, its mixture-of-experts FFN (2 routed SwiGLU
+        experts of width 32, one active, 2 shared of width 512, balance coefficient 0.1; the
+        T-Maze command line of the released README) and its write rule (``"official"``: blend
+        with lambda even into an empty slot). Kept deviations: chronological token times,
+        within-segment relative distances, a fixed initial memory (a buffer, not drawn per
+        episode). 2.11M parameters in the backbone (the paper reports 2.1M).
+        """
+        base = dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig(),
+                    write_rule="official")
+        return cls.tmaze(**{**base, **changes})
 
     @classmethod
     def popgym(cls, **changes) -> "ELMURConfig":

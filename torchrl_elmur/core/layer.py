@@ -8,10 +8,12 @@ decides when to write. Residual + norm placement is chosen once, in :class:`Resi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import RelativeSelfAttention, TimeGapCrossAttention
 from .config import ELMURConfig
+from .feedforward import MoEFeedForward, make_feedforward
 
 NORM_CLASSES = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 
@@ -40,14 +42,13 @@ class Residual(nn.Module):
         return y if self.pre else self.norm(y)
 
 
-class FeedForward(nn.Sequential):
-    """Linear(D, d_ff) -> GELU -> dropout -> Linear(d_ff, D) (the outer dropout is the residual's)."""
-
-    def __init__(self, config: ELMURConfig) -> None:
-        super().__init__(
-            nn.Linear(config.d_model, config.ff_dim), nn.GELU(), nn.Dropout(config.dropout),
-            nn.Linear(config.ff_dim, config.d_model),
-        )
+def xavier_blocks_(linear: nn.Linear, blocks: int = 1) -> None:
+    """Xavier-uniform init of a linear layer's weight, separately for each of ``blocks`` equal row
+    blocks (a fused projection then has the statistics of ``blocks`` separate ones); zero bias."""
+    for block in linear.weight.data.chunk(blocks, 0):
+        nn.init.xavier_uniform_(block)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
 
 
 class ELMURLayer(nn.Module):
@@ -64,23 +65,54 @@ class ELMURLayer(nn.Module):
 
         c1 = res_write.out(mem, write(res_write.inp(mem), outputs, gap = slot_stamp - tok_stamp))
         u  = res_mem_ff.out(c1, mem_ffn(res_mem_ff.inp(c1)))   # one candidate per slot
+        u  = dropout(u, candidate_dropout)                      # dropout_placement="released" only
+
+    ``ffn`` / ``mem_ffn`` are MLPs or mixtures of experts (``config.moe``); the write path's
+    residual dropout is ``memory_dropout`` (``dropout_placement="residual"``) or ``dropout``
+    (``"released"``, which moves ``memory_dropout`` onto the final candidate).
     """
 
     def __init__(self, config: ELMURConfig) -> None:
         super().__init__()
         d, h = config.d_model, config.num_heads
+        released_dropout = config.dropout_placement == "released"
         self.self_attn = RelativeSelfAttention(d, h, config.segment_len, config.attn_dropout)
-        self.read = TimeGapCrossAttention(d, h, config.attn_dropout)
-        self.write = TimeGapCrossAttention(d, h, config.attn_dropout)
-        self.ffn = FeedForward(config)
-        self.mem_ffn = FeedForward(config)
+        self.read = TimeGapCrossAttention(d, h, config.attn_dropout, out_bias=config.cross_attn_out_bias)
+        self.write = TimeGapCrossAttention(d, h, config.attn_dropout, out_bias=config.cross_attn_out_bias)
+        self.ffn = make_feedforward(config)
+        self.mem_ffn = make_feedforward(config)
         self.res_self = Residual(config, config.dropout)
         self.res_read = Residual(config, config.dropout)
         self.res_ff = Residual(config, config.dropout)
-        self.res_write = Residual(config, config.memory_dropout)
-        self.res_mem_ff = Residual(config, config.memory_dropout)
+        write_dropout = config.dropout if released_dropout else config.memory_dropout
+        self.res_write = Residual(config, write_dropout)
+        self.res_mem_ff = Residual(config, write_dropout)
+        self.candidate_dropout = config.memory_dropout if released_dropout else 0.0
         # learned bias per clipped time gap in [-(G-1), G-1], per head; shared by read and write
         self.gap_bias = nn.Parameter(torch.zeros(2 * config.max_time_gap - 1, h))
+        if config.init == "released":
+            self.reset_parameters_released()
+
+    def reset_parameters_released(self) -> None:
+        """The released code's init: xavier-uniform weights and zero biases in the attention
+        and feed-forward nets (fused q/k/v blocks of the cross-attentions initialised as the
+        separate projections they replace; the self-attention's qkv is fused there too), and the
+        time-gap table from N(0, 1). Norms keep weight 1, bias 0."""
+        attn = self.self_attn
+        for linear in (attn.qkv, attn.r_proj, attn.out):
+            xavier_blocks_(linear)
+        for cross in (self.read, self.write):
+            xavier_blocks_(cross.q)
+            xavier_blocks_(cross.kv, 2)
+            xavier_blocks_(cross.out)
+        for ffn in (self.ffn, self.mem_ffn):
+            if isinstance(ffn, MoEFeedForward):
+                ffn.reset_parameters("released")
+            else:
+                for linear in ffn:
+                    if isinstance(linear, nn.Linear):
+                        xavier_blocks_(linear)
+        nn.init.normal_(self.gap_bias, 0.0, 1.0)
 
     def project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Self-attention queries, keys, values of the tokens ``h [B, n, D]``."""
@@ -88,7 +120,7 @@ class ELMURLayer(nn.Module):
 
     def token_output(
         self, h: Tensor, q: Tensor, segment: tuple, u: Tensor, v_bias: Tensor,
-        memory: Tensor, tok_stamp: Tensor, slot_stamp: Tensor,
+        memory: Tensor, tok_stamp: Tensor, slot_stamp: Tensor, position_mask: Tensor | None = None,
     ) -> Tensor:
         """Layer output of ``n`` tokens.
 
@@ -100,11 +132,12 @@ class ELMURLayer(nn.Module):
             memory: slot vectors the read sees ``[B, M, D]`` (initial vector in empty slots).
             tok_stamp: int64 ``[B, n]`` = 1 + episode step of each token.
             slot_stamp: int64 ``[B, M]`` (0 = empty).
+            position_mask: optional dropout mask ``[K, D]`` of the relative position embedding.
 
         Returns:
             ``[B, n, D]``.
         """
-        h1 = self.res_self.out(h, self.self_attn.attend(q, *segment, u, v_bias))
+        h1 = self.res_self.out(h, self.self_attn.attend(q, *segment, u, v_bias, position_mask))
         gap = tok_stamp.unsqueeze(-1) - slot_stamp.unsqueeze(-2)  # [B, n, M]
         h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias))
         return self.res_ff.out(h2, self.ffn(self.res_ff.inp(h2)))
@@ -123,4 +156,7 @@ class ELMURLayer(nn.Module):
         """
         gap = slot_stamp.unsqueeze(-1) - tok_stamp.unsqueeze(-2)  # [B, M, K]
         c1 = self.res_write.out(memory, self.write(self.res_write.inp(memory), outputs, gap, self.gap_bias))
-        return self.res_mem_ff.out(c1, self.mem_ffn(self.res_mem_ff.inp(c1)))
+        candidate = self.res_mem_ff.out(c1, self.mem_ffn(self.res_mem_ff.inp(c1)))
+        if self.training and self.candidate_dropout > 0:
+            candidate = F.dropout(candidate, self.candidate_dropout)
+        return candidate
