@@ -16,6 +16,8 @@ from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
+from ..core import ELMURBackbone
+
 
 class SequenceCrossEntropyLoss(LossModule):
     """Cross-entropy between an actor's logits and the dataset's discrete actions.
@@ -32,7 +34,10 @@ class SequenceCrossEntropyLoss(LossModule):
     Keys (``loss.set_keys(...)``): ``logits`` (default ``"logits"``), ``action`` (the data's
     actions, int ``[*B, T]`` or ``[*B, T, 1]``, or one-hot ``[*B, T, A]``; default ``"action"``).
 
-    Returns a TensorDict with ``loss_bc`` (scalar) and ``accuracy`` (detached).
+    Returns a TensorDict with ``loss_bc`` (scalar) and ``accuracy`` (detached); when the actor
+    holds ELMUR backbones with a mixture-of-experts FFN (``ELMURConfig.moe``), also ``loss_moe``,
+    their load-balancing loss (:meth:`ELMURBackbone.moe_loss`). Minimise the sum of the ``loss_*``
+    entries.
     """
 
     @dataclass
@@ -48,6 +53,7 @@ class SequenceCrossEntropyLoss(LossModule):
             raise ValueError(f"SequenceCrossEntropyLoss: label_smoothing={label_smoothing} is invalid: expected [0, 1).")
         self.actor_network = actor_network
         self.label_smoothing = label_smoothing
+        self._moe_backbones = [m for m in actor_network.modules() if isinstance(m, ELMURBackbone) and m.config.moe]
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         pass
@@ -70,4 +76,7 @@ class SequenceCrossEntropyLoss(LossModule):
         flat = logits.reshape(-1, num_actions)
         loss = F.cross_entropy(flat, target, label_smoothing=self.label_smoothing)
         accuracy = (flat.argmax(-1) == target).float().mean()
-        return TensorDict({"loss_bc": loss, "accuracy": accuracy.detach()}, [])
+        out = TensorDict({"loss_bc": loss, "accuracy": accuracy.detach()}, [])
+        if self._moe_backbones:
+            out["loss_moe"] = sum(b.moe_loss() for b in self._moe_backbones)
+        return out
