@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl.envs import Compose, InitTracker, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
@@ -18,7 +19,8 @@ from ..envs import TMazeEnv
 
 @torch.no_grad()
 def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episodes: int = 100, seed: int = 10_000,
-                       device: str | torch.device = "cpu", progress: bool | None = None, greedy: bool = True) -> float:
+                       device: str | torch.device = "cpu", progress: bool | None = None, greedy: bool = True,
+                       on_step: Callable[[TensorDictBase], None] | None = None) -> float:
     """Success rate of ``policy`` over ``episodes`` T-Maze episodes of one corridor length.
 
     Both goal sides occur equally often (``goal_sides="balanced"``, ``episodes`` even). The
@@ -33,6 +35,8 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
         progress: show a tqdm bar (default: for corridors of 1000 steps or more).
         greedy: run the policy in eval mode with deterministic actions (its training mode is
             restored afterwards); ``False`` uses the mode and exploration type in force.
+        on_step: called with each step's tensordict (after ``env.step``, before ``step_mdp``), e.g.
+            to record the policy's memory; row ``i`` has goal +1 (up) for even ``i``, -1 for odd.
     """
     if episodes < 2 or episodes % 2:
         raise ValueError(f"tmaze_success_rate: episodes must be even and >= 2, received {episodes}.")
@@ -49,6 +53,8 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
         for _ in tqdm(range(corridor_length + 2), desc=f"  eval c={corridor_length}", leave=False, dynamic_ncols=True,
                       disable=not show, mininterval=2.0):
             td = env.step(policy(td))
+            if on_step is not None:
+                on_step(td)
             reward += td["next", "reward"].squeeze(-1)
             td = step_mdp(td)
     policy.train(was_training)

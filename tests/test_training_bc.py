@@ -1,0 +1,74 @@
+"""train_bc: the two update schedules, state carried between segment chunks, errors."""
+import pytest
+import torch
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.modules import GRUModule, set_recurrent_mode
+
+from torchrl_elmur import ELMURConfig, ELMURModule
+from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset
+from torchrl_elmur.objectives import SequenceCrossEntropyLoss
+from torchrl_elmur.training import train_bc
+from torchrl_elmur.training.bc import carry_state, state_key_pairs
+
+
+def make_actor(memory: str) -> TensorDictSequential:
+    torch.manual_seed(0)
+    keys = dict(in_key="embed", out_key="memory")
+    module = (ELMURModule(config=ELMURConfig(d_model=16, num_heads=2, segment_len=4, input_size=8), **keys)
+              if memory == "elmur" else GRUModule(input_size=8, hidden_size=16, **keys))
+    return TensorDictSequential(
+        TensorDictModule(nn.Linear(4, 8), ["observation"], ["embed"]), module,
+        TensorDictModule(nn.Linear(16, 4), ["memory"], ["logits"]),
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_tmaze_dataset(40, max_corridor=10, seed=0)
+
+
+@pytest.mark.parametrize("memory", ["elmur", "gru"])
+def test_carried_state_continues_the_window_exactly(data, memory):
+    """Chunk by chunk with the state carried == the whole window at once (eval mode)."""
+    actor = make_actor(memory).eval()
+    batch = make_offline_replay_buffer(data, 3, 12, seed=1).sample().reshape(3, 12)
+    assert batch["is_init"][:, 1:].any()  # rows run into the next episode: fresh starts inside chunks
+    pairs = state_key_pairs(actor)
+    assert len(pairs) == (4 if memory == "elmur" else 1)
+    with torch.no_grad(), set_recurrent_mode(True):
+        whole = actor(batch.copy())["logits"]
+        previous, parts = None, []
+        for c in range(3):
+            chunk = batch[:, 4 * c:4 * c + 4]
+            if previous is not None:
+                chunk = carry_state(chunk, previous, pairs)
+            previous = actor(chunk.copy())
+            parts.append(previous["logits"])
+    torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("updates, optimizer_steps", [("window", 2), ("segment", 6)])
+def test_updates_per_sample(data, updates, optimizer_steps):
+    actor = make_actor("elmur")
+    buffer = make_offline_replay_buffer(data, 2, 12, seed=0)
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=1e-3)
+    calls = []
+    optimizer.register_step_post_hook(lambda *a: calls.append(1))
+    probes = []
+    history = train_bc(actor, SequenceCrossEntropyLoss(actor), buffer, optimizer, steps=2, batch=2, seq_len=12,
+                       grad_clip=1.0, updates=updates, segment_len=4, progress=False,
+                       probe=lambda a: probes.append(a.training) or {"x": 1.0}, probe_every=1)
+    assert len(calls) == optimizer_steps
+    assert [p["step"] for p in history.probes] == [1, 2] and history.first_time("x") == history.probes[0]["seconds"]
+    assert history.train_seconds > 0 and actor.training
+
+
+def test_errs(data):
+    actor = make_actor("elmur")
+    buffer = make_offline_replay_buffer(data, 2, 12)
+    args = (actor, SequenceCrossEntropyLoss(actor), buffer, torch.optim.AdamW(actor.parameters()))
+    with pytest.raises(ValueError, match="updates='epoch' is invalid"):
+        train_bc(*args, steps=1, batch=2, seq_len=12, grad_clip=1.0, updates="epoch")
+    with pytest.raises(ValueError, match="needs segment_len dividing seq_len=12, received 5"):
+        train_bc(*args, steps=1, batch=2, seq_len=12, grad_clip=1.0, updates="segment", segment_len=5)

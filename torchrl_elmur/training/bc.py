@@ -1,0 +1,143 @@
+"""One behaviour-cloning loop for recurrent TorchRL actors on ``[B, T]`` replay samples.
+
+Shared by the BC tutorial and the benchmarks that train by its recipe. Two update schedules:
+
+- ``updates="window"``: one optimizer step per sampled ``[B, T]`` batch; the memory module runs
+  the whole window in recurrent mode (with ``detach_memory=False`` gradients cross its segments).
+- ``updates="segment"``: the released ELMUR trainer's schedule: the window is cut into chunks of
+  ``segment_len`` steps and every chunk gets its own optimizer step; each chunk starts from the
+  recurrent state the previous chunk ended in (no gradient crosses a chunk boundary:
+  truncated back-propagation of one segment).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+from torchrl.data import ReplayBuffer
+from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
+from torchrl.objectives import LossModule
+from tqdm import trange
+
+from ..modules import ELMURModule
+
+UPDATES = ("window", "segment")
+RECURRENT_MODULES = (ELMURModule, GRUModule, LSTMModule)
+
+
+@dataclass
+class BCHistory:
+    """What :func:`train_bc` measured: training seconds (probes excluded) and, per probe, the
+    training step, the training seconds so far and the probe's result."""
+
+    train_seconds: float = 0.0
+    probes: list[dict] = field(default_factory=list)
+
+    def first_time(self, key: str, at_least: float = 1.0) -> float | None:
+        """Training seconds at the first probe whose ``key`` reached ``at_least`` (None: never)."""
+        return next((p["seconds"] for p in self.probes if p["result"].get(key, 0.0) >= at_least), None)
+
+
+def state_key_pairs(actor: nn.Module) -> list[tuple]:
+    """``(state key, ("next", state key))`` of every recurrent module (ELMUR, GRU, LSTM) inside ``actor``."""
+    pairs = []
+    for module in actor.modules():
+        if isinstance(module, RECURRENT_MODULES):
+            pairs += list(zip(module.in_keys[1:-1], module.out_keys[1:]))
+    return pairs
+
+
+def carry_state(chunk: TensorDictBase, previous: TensorDictBase, pairs: list[tuple]) -> TensorDictBase:
+    """``chunk`` ``[B, K]`` with each state key holding, at ``t = 0``, the state ``previous`` (the
+    actor's output on the chunk before) ended in, and zeros elsewhere (a fresh state where a new
+    episode starts inside the chunk)."""
+    chunk = chunk.copy()
+    for key, next_key in pairs:
+        final = previous.get(next_key)[:, -1]  # [B, *feature]
+        stored = torch.zeros((*chunk.batch_size, *final.shape[1:]), dtype=final.dtype, device=final.device)
+        stored[:, 0] = final
+        chunk.set(key, stored)
+    return chunk
+
+
+def train_bc(
+    actor: TensorDictModuleBase,
+    loss_module: LossModule,
+    buffer: ReplayBuffer,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    batch: int,
+    seq_len: int,
+    grad_clip: float,
+    updates: str = "window",
+    segment_len: int | None = None,
+    name: str = "policy",
+    run=None,
+    probe: Callable[[TensorDictModuleBase], dict] | None = None,
+    probe_every: int = 0,
+    progress: bool = True,
+) -> BCHistory:
+    """Behaviour cloning: ``steps`` samples of ``[batch, seq_len]`` from ``buffer``, each trained on.
+
+    Args:
+        actor: the policy the loss runs (its training mode is set here).
+        loss_module: returns a TensorDict whose ``loss_*`` entries are summed and minimised
+            (e.g. :class:`~torchrl_elmur.objectives.SequenceCrossEntropyLoss`: ``loss_bc``, ``loss_moe``).
+        buffer: samples ``[batch * seq_len]`` episode-aligned transitions (reshaped to ``[B, T]``).
+        grad_clip: max gradient norm.
+        updates: ``"window"`` or ``"segment"`` (see the module docstring); ``"segment"`` needs
+            ``segment_len`` dividing ``seq_len``.
+        run: a wandb run (``<name>/loss_bc``, ``accuracy``, ``grad_norm`` every 10 steps), or None.
+        probe: called as ``probe(actor)`` every ``probe_every`` steps and after the last one,
+            outside the timed training; returns a dict of numbers (e.g. success rates). The
+            actor's training mode is restored after it.
+
+    Returns:
+        a :class:`BCHistory`.
+    """
+    if updates not in UPDATES:
+        raise ValueError(f"train_bc: updates={updates!r} is invalid: expected one of {UPDATES}.")
+    if updates == "segment" and (segment_len is None or segment_len < 1 or seq_len % segment_len):
+        raise ValueError(f"train_bc: updates='segment' needs segment_len dividing seq_len={seq_len}, received {segment_len}.")
+    chunk_len = segment_len if updates == "segment" else seq_len
+    pairs = state_key_pairs(actor)
+    history = BCHistory()
+    params = [p for p in actor.parameters() if p.requires_grad]
+    actor.train()
+    bar = trange(steps, desc=f"train {name}", dynamic_ncols=True, disable=not progress)
+    for step in bar:
+        start = time.perf_counter()
+        sample = buffer.sample().reshape(batch, seq_len)  # [B, T], each row from an episode start
+        previous = None
+        for c in range(seq_len // chunk_len):
+            chunk = sample[:, c * chunk_len:(c + 1) * chunk_len]
+            if previous is not None:
+                chunk = carry_state(chunk, previous, pairs)
+            if c < seq_len // chunk_len - 1:  # the state this chunk ends in, for the next one
+                with torch.no_grad(), set_recurrent_mode(True):
+                    previous = actor(chunk.copy())
+            losses = loss_module(chunk)  # runs the actor in recurrent mode
+            loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+            optimizer.zero_grad()
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+        history.train_seconds += time.perf_counter() - start
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{losses['loss_bc'].item():.3f}", acc=f"{losses['accuracy'].item():.3f}")
+            if run is not None:
+                run.log({f"{name}/loss_bc": losses["loss_bc"].item(), f"{name}/accuracy": losses["accuracy"].item(),
+                         f"{name}/grad_norm": grad_norm.item(), f"{name}/step": step})
+        if probe is not None and ((probe_every and (step + 1) % probe_every == 0) or step == steps - 1):
+            result = probe(actor)
+            actor.train()
+            history.probes.append({"step": step + 1, "seconds": history.train_seconds, "result": result})
+            if run is not None:
+                run.log({f"{name}/probe_{k}": v for k, v in result.items()} | {f"{name}/step": step})
+    return history

@@ -1,0 +1,124 @@
+"""A command line from a dataclass: each option is declared once, as a field with its comment.
+
+The scripts' ``Args`` dataclasses are their whole configuration (CleanRL's pattern, which reads
+them with ``tyro``); :func:`parse_dataclass` builds the ``argparse`` parser from the fields, so
+a field is never repeated as an ``add_argument`` line:
+
+- ``name: T = default  # help text`` becomes ``--name`` (underscores as dashes) with that help;
+- ``bool`` fields are flags: ``--name`` when the default is False, ``--no-name`` when it is True;
+- ``list[T]`` takes one or more values, ``tuple[T, ...]`` of fixed length that many;
+- ``Literal[...]`` (or ``T | None`` of those) restricts the choices; ``T | None`` accepts ``none``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """``{field: its trailing # comment}`` from the class source (``{}`` when the source cannot
+    be read, e.g. for a class typed into an interactive session)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments = {}
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
+def _strip_optional(tp) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _scalar(tp, optional: bool) -> dict:
+    if typing.get_origin(tp) is Literal:
+        choices = list(typing.get_args(tp))
+        kind = type(choices[0])
+        return {"type": kind, "choices": choices}
+    if tp not in (int, float, str):
+        raise TypeError(f"parse_dataclass: unsupported field type {tp!r} (use int, float, str, bool, list, tuple, Literal).")
+    if optional:
+        return {"type": lambda text: None if text.lower() == "none" else tp(text)}
+    return {"type": tp}
+
+
+def _argument(name: str, tp, default, help_text: str) -> tuple[list[str], dict]:
+    flag = "--" + name.replace("_", "-")
+    tp, optional = _strip_optional(tp)
+    if tp is bool:
+        if default:
+            return ["--no-" + name.replace("_", "-")], {"dest": name, "action": "store_false", "help": help_text}
+        return [flag], {"dest": name, "action": "store_true", "help": help_text}
+    kwargs: dict = {"dest": name, "default": default}
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            kwargs["nargs"] = len(args)
+        else:
+            kwargs["nargs"] = "+"
+        kwargs.update(_scalar(args[0], False))
+    else:
+        kwargs.update(_scalar(tp, optional))
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    kwargs["help"] = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
+    return [flag], kwargs
+
+
+def make_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """An ``argparse`` parser with one option per field of the dataclass ``cls``."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"parse_dataclass: expected a dataclass, received {cls!r}.")
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        flags, kwargs = _argument(f.name, hints[f.name], getattr(defaults, f.name), comments.get(f.name, ""))
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def parse_dataclass(cls: type[T], description: str | None = None, argv: Sequence[str] | None = None,
+                    check: Callable[[T], str | None] | None = None) -> T:
+    """Parse ``argv`` (default: the command line) into an instance of the dataclass ``cls``.
+
+    Args:
+        check: optional ``check(args) -> error message or None``; a message exits with argparse's
+            usage error (status 2).
+
+    Examples:
+        >>> @dataclasses.dataclass
+        ... class A:
+        ...     steps: int = 3  # gradient steps
+        ...     lengths: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+        ...     compare: bool = False  # all policies
+        >>> parse_dataclass(A, argv=["--steps", "5", "--lengths", "7", "--compare"])
+        A(steps=5, lengths=[7], compare=True)
+    """
+    parser = make_parser(cls, description)
+    namespace = parser.parse_args(argv)
+    values = {k: (tuple(v) if isinstance(getattr(cls(), k), tuple) and v is not None else v)
+              for k, v in vars(namespace).items()}
+    args = cls(**values)
+    if check is not None:
+        message = check(args)
+        if message:
+            parser.error(message)
+    return args
