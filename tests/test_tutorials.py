@@ -61,6 +61,10 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
         ("benchmarks/tmaze_horizon.py", ["--lengths", "3", "5", "--eval-episodes", "2", "--train-steps", "1",
                                          "--checkpoints", "no-such-folder"], "tmaze_horizon"),
         ("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity"),
+        ("benchmarks/tmaze_fidelity.py", ["--variants", "published", "released", "--recipe", "released", "--steps", "2",
+                                          "--episodes", "20", "--probe-every", "1", "--probe-episodes", "2",
+                                          "--lengths", "3", "5", "--eval-episodes", "2", "--no-separation"],
+         "tmaze_fidelity"),
     ],
 )
 def test_benchmark_smoke(tmp_path, script, flags, benchmark):
@@ -70,3 +74,7 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
     assert json.loads(lines[-1])["benchmark"] == benchmark
     if benchmark == "tmaze_horizon":
         assert {p.name for p in tmp_path.iterdir()} >= {"tmaze_horizon.csv", "tmaze_horizon.md", "tmaze_horizon.png"}
+    if benchmark == "tmaze_fidelity":
+        rows = (tmp_path / "tmaze_fidelity.csv").read_text().splitlines()
+        assert len(rows) == 3 and rows[1].startswith("published,0,released,2,")
+        assert len(list((tmp_path / "checkpoints").glob("released_*.pt"))) == 2
