@@ -82,6 +82,7 @@ def parse_args() -> Args:
 def load_or_train(kind: str, args: Args):
     """The tutorial's actor for ``kind``, from its checkpoint if there is one, else trained here."""
     recipe = offline_bc.Args(steps=args.train_steps, seed=args.seed, wandb="disabled")
+    torch.manual_seed(args.seed)  # as the tutorial's run_policy: the same initial weights, so the same model
     actor = offline_bc.make_actor(kind, recipe)
     path = Path(args.checkpoints) / f"{kind}.pt"
     if path.exists():
@@ -89,10 +90,10 @@ def load_or_train(kind: str, args: Args):
         print(f"{kind}: loaded {path}")
         return actor, None
     run = start_wandb("disabled", "torchrl_elmur", args.out, {})
-    torch.manual_seed(args.seed)
-    seconds = offline_bc.train(actor, recipe, run, kind)
-    print(f"{kind}: trained {args.train_steps} steps in {seconds:.0f} s")
-    return actor, seconds
+    history = offline_bc.train(actor, recipe, run, kind)  # the tutorial's training, checkpoint selection included
+    print(f"{kind}: trained {args.train_steps} steps in {history.train_seconds:.0f} s"
+          + (f", kept step {history.selected_step}" if history.selected_step is not None else ""))
+    return actor, history.train_seconds
 
 
 def main() -> None:

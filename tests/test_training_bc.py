@@ -72,3 +72,24 @@ def test_errs(data):
         train_bc(*args, steps=1, batch=2, seq_len=12, grad_clip=1.0, updates="epoch")
     with pytest.raises(ValueError, match="needs segment_len dividing seq_len=12, received 5"):
         train_bc(*args, steps=1, batch=2, seq_len=12, grad_clip=1.0, updates="segment", segment_len=5)
+
+
+def test_select_keeps_the_best_probed_weights(data):
+    actor = make_actor("elmur")
+    buffer = make_offline_replay_buffer(data, 2, 12, seed=0)
+    scores, snapshots = iter([0.2, 0.9, 0.9, 0.5]), []
+
+    def probe(a):
+        snapshots.append({k: v.clone() for k, v in a.state_dict().items()})
+        return {"success": next(scores)}
+
+    history = train_bc(actor, SequenceCrossEntropyLoss(actor), buffer, torch.optim.AdamW(actor.parameters(), lr=1e-2),
+                       steps=4, batch=2, seq_len=12, grad_clip=1.0, progress=False, probe=probe, probe_every=1,
+                       select="success")
+    assert history.selected_step == 3  # the latest of the tied best
+    for k, v in actor.state_dict().items():
+        torch.testing.assert_close(v, snapshots[2][k], rtol=0, atol=0)
+    assert not torch.equal(snapshots[2]["module.0.module.weight"], snapshots[3]["module.0.module.weight"])
+    with pytest.raises(ValueError, match="select='success' needs a probe"):
+        train_bc(actor, SequenceCrossEntropyLoss(actor), buffer, torch.optim.AdamW(actor.parameters()), steps=1,
+                 batch=2, seq_len=12, grad_clip=1.0, select="success")

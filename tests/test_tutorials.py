@@ -29,7 +29,7 @@ def test_offline_bc_smoke(tmp_path, mode):
     out = tmp_path / "bc"
     lines = run_script("tutorials/offline_bc.py", *mode, "--steps", "3", "--episodes", "12", "--batch", "4",
                        "--eval-lengths", "3", "12", "--eval-episodes", "4", "--wandb", "offline", "--out", str(out),
-                       "--threads", "1")
+                       "--threads", "1", "--select-corridor", "12", "--select-every", "2", "--select-episodes", "2")
     result = json.loads(lines[-1])  # the last line is one JSON object
     policies = ["elmur"] if mode[0] == "--policy" else ["elmur", "lstm", "gru"]
     assert list(result) == policies
@@ -37,6 +37,7 @@ def test_offline_bc_smoke(tmp_path, mode):
         assert set(result[p]["success"]) == {"3", "12"}
         assert all(0.0 <= v <= 1.0 for v in result[p]["success"].values())
         assert result[p]["train_seconds"] > 0
+        assert result[p]["selected_step"] in (2, 3)  # probes after steps 2 and 3 (the last)
         assert (out / f"{p}.pt").stat().st_size > 0
     assert any(line.startswith("Success rate") for line in lines)  # the table
     assert (out / "success_vs_length.png").stat().st_size > 0

@@ -44,7 +44,8 @@ from torchrl_elmur.core.config import MoEConfig
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss
-from torchrl_elmur.training import evaluate_lengths, plot_success_vs_length, start_wandb, train_bc
+from torchrl_elmur.training import (BCHistory, evaluate_lengths, plot_success_vs_length, start_wandb,
+                                    tmaze_success_rate, train_bc)
 from torchrl_elmur.training.cli import parse_dataclass
 
 POLICIES = ("elmur", "lstm", "gru")
@@ -75,6 +76,9 @@ class Args:
     lr: float = 1e-3  # one rate for all three; at 3e-4, GRU and LSTM do not learn the cue in 300 steps
     label_smoothing: float = 0.16
     grad_clip: float = 5.0
+    select_corridor: int = 1000  # keep the weights with the best greedy success at this corridor (validation episodes; 0: the last)
+    select_every: int = 50  # probe for select_corridor every this many steps
+    select_episodes: int = 20  # validation episodes per probe (even; other seeds than the evaluation's)
     # evaluation
     eval_lengths: list[int] = field(default_factory=lambda: [30, 100, 1000, 10000])  # corridor lengths
     eval_episodes: int = 100  # per length, half with each goal side (even)
@@ -86,8 +90,10 @@ class Args:
 
 
 def check_args(args: Args) -> str | None:
-    if args.eval_episodes < 2 or args.eval_episodes % 2:
-        return f"--eval-episodes must be even and >= 2 (both goal sides equally often), received {args.eval_episodes}"
+    for name in ("eval_episodes", "select_episodes"):
+        value = getattr(args, name)
+        if value < 2 or value % 2:
+            return f"--{name.replace('_', '-')} must be even and >= 2 (both goal sides equally often), received {value}"
     return None
 
 
@@ -135,14 +141,26 @@ def make_actor(kind: str, args: Args, config: ELMURConfig | None = None) -> Prob
 # ----------------------------------------------------------------------------------------------
 # 3-4. Data and training
 # ----------------------------------------------------------------------------------------------
-def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> float:
+def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> BCHistory:
+    """Train ``actor``; with ``select_corridor`` it ends with the weights that did best at that
+    corridor on validation episodes. Why: success beyond the training length is not what the loss
+    measures, and it comes and goes during training (at corridor 1000, probes of one run read
+    1.00, 0.50, 0.50, 1.00 fifty steps apart), so the last weights are a lottery; the released
+    ELMUR trainer keeps its best checkpoint by validation success at corridor 9600. Validation
+    episodes use other seeds than the evaluation; corridors above select_corridor stay unseen."""
     data = make_tmaze_dataset(args.episodes, max_corridor=args.max_corridor, seed=args.seed)
     buffer = make_offline_replay_buffer(data, args.batch, args.seq_len, seed=args.seed)
     loss_module = SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
-    history = train_bc(actor, loss_module, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=args.seq_len,
-                       grad_clip=args.grad_clip, name=kind, run=run)
-    return history.train_seconds
+
+    def validate(policy) -> dict:
+        return {"success": tmaze_success_rate(policy, args.select_corridor, args.select_episodes,
+                                              seed=args.seed + 20_000, progress=False)}
+
+    select = args.select_corridor > 0
+    return train_bc(actor, loss_module, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=args.seq_len,
+                    grad_clip=args.grad_clip, name=kind, run=run, probe=validate if select else None,
+                    probe_every=args.select_every, select="success" if select else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,12 +171,16 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> float:
 def run_policy(kind: str, args: Args, run, out: Path) -> dict:
     torch.manual_seed(args.seed)
     actor = make_actor(kind, args)
-    train_seconds = train(actor, args, run, kind)
+    history = train(actor, args, run, kind)
+    if history.selected_step is not None:
+        print(f"  {kind}: kept the weights of step {history.selected_step} (validation success "
+              f"{max(p['result']['success'] for p in history.probes):.2f} at corridor {args.select_corridor})")
     torch.save(actor.state_dict(), out / f"{kind}.pt")
     success, eval_seconds = evaluate_lengths(actor, args.eval_lengths, args.eval_episodes, seed=args.seed + 10_000,
                                              name=kind, run=run)
     params = sum(p.numel() for p in actor.parameters())
-    return {"success": success, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "params": params}
+    return {"success": success, "train_seconds": history.train_seconds, "eval_seconds": eval_seconds, "params": params,
+            "selected_step": history.selected_step}
 
 
 def report(results: dict, args: Args, out: Path) -> None:
@@ -195,7 +217,8 @@ def main() -> None:
         results[kind] = run_policy(kind, args, run, out)
     report(results, args, out)
     run.finish()
-    print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"]} for k, r in results.items()}))
+    print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"], "selected_step": r["selected_step"]}
+                      for k, r in results.items()}))
 
 
 if __name__ == "__main__":

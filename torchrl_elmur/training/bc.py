@@ -37,6 +37,7 @@ class BCHistory:
 
     train_seconds: float = 0.0
     probes: list[dict] = field(default_factory=list)
+    selected_step: int | None = None  # the step whose weights were kept (``select``), None: the last
 
     def first_time(self, key: str, at_least: float = 1.0) -> float | None:
         """Training seconds at the first probe whose ``key`` reached ``at_least`` (None: never)."""
@@ -81,6 +82,7 @@ def train_bc(
     run=None,
     probe: Callable[[TensorDictModuleBase], dict] | None = None,
     probe_every: int = 0,
+    select: str | None = None,
     progress: bool = True,
 ) -> BCHistory:
     """Behaviour cloning: ``steps`` samples of ``[batch, seq_len]`` from ``buffer``, each trained on.
@@ -97,17 +99,23 @@ def train_bc(
         probe: called as ``probe(actor)`` every ``probe_every`` steps and after the last one,
             outside the timed training; returns a dict of numbers (e.g. success rates). The
             actor's training mode is restored after it.
+        select: a key of the probe's results: at the end the actor gets back the weights of the
+            probe that scored highest on it (the latest among ties), as the released ELMUR
+            trainer keeps its best checkpoint by validation success. None: the last weights.
 
     Returns:
         a :class:`BCHistory`.
     """
     if updates not in UPDATES:
         raise ValueError(f"train_bc: updates={updates!r} is invalid: expected one of {UPDATES}.")
+    if select is not None and probe is None:
+        raise ValueError(f"train_bc: select={select!r} needs a probe.")
     if updates == "segment" and (segment_len is None or segment_len < 1 or seq_len % segment_len):
         raise ValueError(f"train_bc: updates='segment' needs segment_len dividing seq_len={seq_len}, received {segment_len}.")
     chunk_len = segment_len if updates == "segment" else seq_len
     pairs = state_key_pairs(actor)
     history = BCHistory()
+    best_score, best_weights = float("-inf"), None
     params = [p for p in actor.parameters() if p.requires_grad]
     actor.train()
     bar = trange(steps, desc=f"train {name}", dynamic_ncols=True, disable=not progress)
@@ -138,6 +146,11 @@ def train_bc(
             result = probe(actor)
             actor.train()
             history.probes.append({"step": step + 1, "seconds": history.train_seconds, "result": result})
+            if select is not None and result[select] >= best_score:
+                best_score, history.selected_step = result[select], step + 1
+                best_weights = {k: v.detach().clone() for k, v in actor.state_dict().items()}
             if run is not None:
                 run.log({f"{name}/probe_{k}": v for k, v in result.items()} | {f"{name}/step": step})
+    if select is not None and history.selected_step != steps:
+        actor.load_state_dict(best_weights)
     return history
