@@ -167,8 +167,8 @@ class TestMoE:
             probs = torch.softmax(ffn.router.weight @ v, -1)
             top, idx = probs.topk(2)
             top = top / top.sum()
-            out = sum(g * swiglu(ffn.experts.w_gate[e], ffn.experts.w_up[e], ffn.experts.w_down[e], v) for g, e in zip(top, idx))
-            out = out + sum(swiglu(ffn.shared.w_gate[s], ffn.shared.w_up[s], ffn.shared.w_down[s], v) for s in range(2))
+            out = sum(g * swiglu(ffn.experts.w_gate[e], ffn.experts.w_up[e], ffn.experts.w_down[:, e], v) for g, e in zip(top, idx))
+            out = out + sum(swiglu(ffn.shared.w_gate[s], ffn.shared.w_up[s], ffn.shared.w_down[:, s], v) for s in range(2))
             expected.append(out)
         torch.testing.assert_close(ffn(x), torch.stack(expected), rtol=0, atol=1e-12)
 

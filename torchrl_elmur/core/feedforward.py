@@ -29,28 +29,30 @@ class FeedForward(nn.Sequential):
 class SwiGLUExperts(nn.Module):
     """``E`` bias-free SwiGLU experts, evaluated together and summed with per-expert weights.
 
-    Expert ``e``: ``W_down[e] (dropout(silu(W_gate[e] x) * W_up[e] x))``, with ``W_gate[e]``,
-    ``W_up[e]`` ``[F, D]`` and ``W_down[e]`` ``[D, F]``: exactly ``E`` separate ``nn.Linear(bias=False)``
-    triples, stored stacked so that all experts run in three plain matmuls (hidden width E * F).
+    Expert ``e``: ``W_down[:, e] (dropout(silu(W_gate[e] x) * W_up[e] x))``, with ``W_gate[e]``,
+    ``W_up[e]`` ``[F, D]`` and ``W_down[:, e]`` ``[D, F]``: exactly ``E`` separate ``nn.Linear(bias=False)``
+    triples, stored so that all experts run in three plain matmuls of hidden width E * F without a
+    copy (``w_down`` is ``[D, E, F]``, i.e. ``[D, E * F]``).
     """
 
     def __init__(self, d_model: int, hidden: int, num_experts: int, dropout: float) -> None:
         super().__init__()
         self.w_gate = nn.Parameter(torch.empty(num_experts, hidden, d_model))
         self.w_up = nn.Parameter(torch.empty(num_experts, hidden, d_model))
-        self.w_down = nn.Parameter(torch.empty(num_experts, d_model, hidden))
+        self.w_down = nn.Parameter(torch.empty(d_model, num_experts, hidden))
         self.dropout = dropout
         self.reset_parameters("torch")
 
     def reset_parameters(self, scheme: str) -> None:
         """``"torch"``: nn.Linear's default per expert (U(+-1/sqrt(fan_in))); ``"released"``: xavier-uniform per expert."""
-        for w in (self.w_gate, self.w_up, self.w_down):
-            for e in range(w.shape[0]):
-                if scheme == "released":
-                    nn.init.xavier_uniform_(w.data[e])
-                else:
-                    bound = 1.0 / math.sqrt(w.shape[-1])
-                    nn.init.uniform_(w.data[e], -bound, bound)
+        n = self.w_gate.shape[0]
+        experts = [*self.w_gate.data, *self.w_up.data, *(self.w_down.data[:, e] for e in range(n))]  # [out, in] each
+        for w in experts:
+            if scheme == "released":
+                nn.init.xavier_uniform_(w)
+            else:
+                bound = 1.0 / math.sqrt(w.shape[-1])
+                nn.init.uniform_(w, -bound, bound)
 
     def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         """``sum_e weights[:, e] * expert_e(x)`` for ``x [N, D]``, ``weights [N, E]`` (None: all 1) -> ``[N, D]``."""
@@ -60,7 +62,7 @@ class SwiGLUExperts(nn.Module):
             hidden = F.dropout(hidden, self.dropout)
         if weights is not None:  # scale each expert's hidden units: the down projection is linear
             hidden = (hidden.view(-1, e, f) * weights.unsqueeze(-1)).view(-1, e * f)
-        return F.linear(hidden, self.w_down.permute(1, 0, 2).reshape(d, e * f))  # [N, D]
+        return F.linear(hidden, self.w_down.view(d, e * f))  # [N, D]
 
 
 def load_balancing_loss(gates: Tensor, indices: Tensor, num_experts: int) -> Tensor:
