@@ -28,11 +28,11 @@ The script reads top to bottom:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -48,9 +48,8 @@ from torchrl_elmur.data import BEHAVIOURS, make_offline_replay_buffer, make_tmaz
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
 from torchrl_elmur.training import evaluate_lengths, plot_success_vs_length, start_wandb, tmaze_success_rate
+from torchrl_elmur.training.cli import parse_dataclass
 
-POLICIES = ("elmur", "lstm", "gru")
-METHODS = ("iql", "bc")
 COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
 
 
@@ -59,27 +58,27 @@ COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Args:
-    method: str = "iql"  # iql | bc (behaviour cloning on the same data, the baseline)
-    policy: str = "elmur"  # memory module of the actor and the critics: elmur | lstm | gru
+    method: Literal["iql", "bc"] = "iql"  # iql, or bc (behaviour cloning on the same data, the baseline)
+    policy: Literal["elmur", "lstm", "gru"] = "elmur"  # memory module of the actor and the critics
     compare: bool = False  # run iql-elmur, bc-elmur, iql-lstm, iql-gru; one table
     # data: fractions of oracle / wrong-turn / wandering episodes (torchrl_elmur/data/tmaze_mixed.py)
-    episodes: int = 2000
+    episodes: int = 2000  # training episodes
     max_corridor: int = 28  # corridors uniform in 1..max_corridor (episodes of at most 30 steps)
-    oracle: float = 0.3
-    wrong_turn: float = 0.5
-    wander: float = 0.2
+    oracle: float = 0.3  # fraction of oracle episodes
+    wrong_turn: float = 0.5  # fraction of episodes that walk the corridor and turn the wrong way
+    wander: float = 0.2  # fraction of wandering episodes
     wander_noise: float = 0.5  # the wanderer's chance of a random action at each corridor step
     # model
     hidden: int = 128  # actor width (encoder, memory, as in offline_bc.py)
     critic_hidden: int = 32  # width of the Q-network and the value network
     segment_len: int = 10  # ELMUR K
     memory_slots: int = 2  # ELMUR M
-    lru_blend: float = 0.0  # ELMUR lambda (published: 0.79; see offline_bc.py's make_memory for why 0)
+    lru_blend: float = 0.0  # ELMUR lambda: 0 is a write-once memory (published: 0.79; see make_memory)
     detach_memory: bool = False  # ELMUR: stop gradients at segment boundaries (published: True)
     # IQL
     expectile: float = 0.7  # tau of the value network's expectile regression (see make_iql_loss)
     temperature: float = 10.0  # beta: actor weights exp(beta * (Q - V)), clamped at 100 by TorchRL
-    gamma: float = 0.99
+    gamma: float = 0.99  # discount
     num_qvalue_nets: int = 1  # the actor and V use the min over these Q-networks (TorchRL's default: 2)
     target_tau: float = 0.05  # SoftUpdate rate of the target Q-networks
     # training
@@ -88,63 +87,26 @@ class Args:
     seq_len: int = 30  # steps per trajectory
     lr: float = 6e-4  # actor (and BC) learning rate
     critic_lr: float = 1e-3  # Q- and value-network learning rate
-    grad_clip: float = 5.0
+    grad_clip: float = 5.0  # max gradient norm
     label_smoothing: float = 0.16  # BC baseline only (as offline_bc.py)
     # evaluation
     eval_lengths: list[int] = field(default_factory=lambda: [30, 100, 1000])  # corridor lengths
-    eval_episodes: int = 100  # per length, half with each goal side
+    eval_episodes: int = 100  # per length, half with each goal side (even)
     eval_every: int = 100  # during training: success on the shortest eval corridor every this many steps (0: never)
     # bookkeeping
     seed: int = 0
-    out: str = "outputs/offline_iql"
-    wandb: str = "offline"  # offline | online | disabled
+    out: str = "outputs/offline_iql"  # output folder (table, CSV, PNG, checkpoints, wandb)
+    wandb: Literal["offline", "online", "disabled"] = "offline"
     threads: int = 0  # torch threads (0: torch's default)
 
 
-def parse_args() -> Args:
-    d = Args()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", choices=METHODS, default=d.method, help="iql, or bc (the baseline)")
-    p.add_argument("--policy", choices=POLICIES, default=d.policy, help="memory module of the actor and critics")
-    p.add_argument("--compare", action="store_true", help="run iql-elmur, bc-elmur, iql-lstm, iql-gru; one table")
-    p.add_argument("--episodes", type=int, default=d.episodes, help="training episodes")
-    p.add_argument("--max-corridor", type=int, default=d.max_corridor, help="longest training corridor")
-    p.add_argument("--oracle", type=float, default=d.oracle, help="fraction of oracle episodes")
-    p.add_argument("--wrong-turn", type=float, default=d.wrong_turn, help="fraction of wrong-turn episodes")
-    p.add_argument("--wander", type=float, default=d.wander, help="fraction of wandering episodes")
-    p.add_argument("--wander-noise", type=float, default=d.wander_noise, help="wanderer's random-action probability")
-    p.add_argument("--hidden", type=int, default=d.hidden, help="actor width")
-    p.add_argument("--critic-hidden", type=int, default=d.critic_hidden, help="Q- and value-network width")
-    p.add_argument("--segment-len", type=int, default=d.segment_len, help="ELMUR segment length K")
-    p.add_argument("--memory-slots", type=int, default=d.memory_slots, help="ELMUR memory slots M")
-    p.add_argument("--lru-blend", type=float, default=d.lru_blend, help="ELMUR LRU blend lambda (published: 0.79)")
-    p.add_argument("--detach-memory", action="store_true", help="ELMUR: no gradient through memory across segments")
-    p.add_argument("--expectile", type=float, default=d.expectile, help="IQL expectile tau")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="IQL inverse temperature beta")
-    p.add_argument("--gamma", type=float, default=d.gamma)
-    p.add_argument("--num-qvalue-nets", type=int, default=d.num_qvalue_nets)
-    p.add_argument("--target-tau", type=float, default=d.target_tau, help="SoftUpdate rate of the target Q-networks")
-    p.add_argument("--steps", type=int, default=d.steps, help="gradient steps")
-    p.add_argument("--batch", type=int, default=d.batch, help="trajectories per batch")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="steps per trajectory in a batch")
-    p.add_argument("--lr", type=float, default=d.lr, help="actor learning rate")
-    p.add_argument("--critic-lr", type=float, default=d.critic_lr, help="Q- and value-network learning rate")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="BC baseline only")
-    p.add_argument("--eval-lengths", type=int, nargs="+", default=d.eval_lengths, help="corridor lengths to evaluate")
-    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes, help="episodes per corridor length (even)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="success on the shortest eval corridor every N steps (0: never)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=d.out, help="output folder (table, CSV, PNG, checkpoints, wandb)")
-    p.add_argument("--wandb", choices=("offline", "online", "disabled"), default=d.wandb)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
-    args = Args(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+def check_args(args: Args) -> str | None:
     if args.eval_episodes < 2 or args.eval_episodes % 2:
-        p.error(f"--eval-episodes must be even and >= 2 (both goal sides equally often), received {args.eval_episodes}")
+        return f"--eval-episodes must be even and >= 2 (both goal sides equally often), received {args.eval_episodes}"
     if min(args.oracle, args.wrong_turn, args.wander) < 0 or abs(args.oracle + args.wrong_turn + args.wander - 1) > 1e-6:
-        p.error(f"--oracle, --wrong-turn and --wander must be >= 0 and sum to 1, received "
+        return (f"--oracle, --wrong-turn and --wander must be >= 0 and sum to 1, received "
                 f"{args.oracle}, {args.wrong_turn}, {args.wander}")
-    return args
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,10 +125,13 @@ def parse_args() -> Args:
 def make_memory(kind: str, args: Args, prefix: str, width: int) -> nn.Module:
     value, output = f"{prefix}_embed", f"{prefix}_memory"
     if kind == "elmur":
-        # as offline_bc.py: lru_blend=0 and gradients through memory (its make_memory says why)
+        # The configuration the README's IQL numbers were measured with: a write-once memory
+        # (lru_blend=0: once both slots are full a write only refreshes a timestamp), gradients
+        # through memory, no memory dropout. The BC tutorial's memory that keeps updating
+        # (lambda 0.79, detached, with the released options) has not been measured with IQL.
         config = ELMURConfig.tmaze(input_size=width, d_model=width, segment_len=args.segment_len,
                                    memory_slots=args.memory_slots, lru_blend=args.lru_blend,
-                                   detach_memory=args.detach_memory)
+                                   detach_memory=args.detach_memory, memory_dropout=0.0)
         return ELMURModule(config=config, in_key=value, out_key=output, state_prefix=prefix)
     if kind == "lstm":
         h, c = f"{prefix}_h", f"{prefix}_c"
@@ -324,7 +289,7 @@ def report(results: dict, args: Args, out: Path) -> None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_dataclass(Args, __doc__.split("\n\n")[0], check=check_args)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -10,7 +10,6 @@ Reads top to bottom:
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -18,23 +17,17 @@ import torch
 from tqdm import trange
 
 from torchrl_elmur import ELMURBackbone, ELMURConfig
+from torchrl_elmur.training.cli import parse_dataclass
 
 
 @dataclass
 class Args:
     steps: int = 1000  # episode length
-    seed: int = 0
-
-
-def parse_args() -> Args:
-    p = argparse.ArgumentParser(description="ELMUR streaming == sequence, on one long episode.")
-    p.add_argument("--steps", type=int, default=Args.steps, help="episode length")
-    p.add_argument("--seed", type=int, default=Args.seed)
-    return Args(**vars(p.parse_args()))
+    seed: int = 0  # weights and inputs
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_dataclass(Args, "ELMUR streaming == sequence, on one long episode.")
     torch.manual_seed(args.seed)
     config = ELMURConfig.tmaze(input_size=4)  # T-Maze observations are 4 numbers
     net = ELMURBackbone(config).eval()
