@@ -68,6 +68,7 @@ VARIANTS: dict[str, dict] = {  # changes to ELMURConfig.tmaze()
     "config-defaults": dict(dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5),
     "config-defaults-no-detach": dict(dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5,
                                       detach_memory=False),
+    "config-defaults-released": dict(RELEASED_OPTIONS, dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5),
 }
 RECIPES = {
     "tutorial": dict(episodes=2000, batch=64, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, updates="window", steps=300),
