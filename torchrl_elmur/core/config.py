@@ -36,28 +36,36 @@ class MoEConfig:
             With ``top_k=1`` the single gate is always 1: the router receives no gradient and
             only picks, as initialised, which expert a token goes to (every published config).
         num_shared: always-active shared experts.
-        expert_ff: hidden width of each routed expert.
-        shared_ff: hidden width of each shared expert.
+        expert_ff: hidden width of each routed expert (None: D / 4).
+        shared_ff: hidden width of each shared expert (None: 4 D).
         balance_coef: coefficient of the released load-balancing loss
             ``coef * E * sum_e f_e * G_e`` (``f_e`` the fraction of routed slots that go to
             expert e, ``G_e`` its summed gate per routed slot), read with
             :meth:`ELMURBackbone.moe_loss` after a training forward. Constant (no gradient)
             when ``top_k=1``.
 
-    The defaults are the published T-Maze values (2 routed experts of width 32, one active; 2
-    shared experts of width 512; coefficient 0.1).
+    The defaults are the published T-Maze values, with the widths relative to D (at D=128: 2
+    routed experts of width 32, one active; 2 shared experts of width 512; coefficient 0.1).
     """
 
     num_experts: int = 2
     top_k: int = 1
     num_shared: int = 2
-    expert_ff: int = 32
-    shared_ff: int = 512
+    expert_ff: int | None = None
+    shared_ff: int | None = None
     balance_coef: float = 0.1
 
+    def widths(self, d_model: int) -> tuple[int, int]:
+        """``(expert_ff, shared_ff)`` for a model of width ``d_model``."""
+        return self.expert_ff or max(1, d_model // 4), self.shared_ff or 4 * d_model
+
     def __post_init__(self) -> None:
-        for name, low in (("num_experts", 1), ("top_k", 1), ("num_shared", 0), ("expert_ff", 1), ("shared_ff", 1)):
+        for name, low in (("num_experts", 1), ("top_k", 1), ("num_shared", 0)):
             _check_int("MoEConfig", name, getattr(self, name), low)
+        for name in ("expert_ff", "shared_ff"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int("MoEConfig", name, value, 1)
         if self.top_k > self.num_experts:
             _fail("top_k", self.top_k, f"an int in [1, num_experts={self.num_experts}]", "MoEConfig")
         if not float(self.balance_coef) >= 0.0:
@@ -214,8 +222,8 @@ class ELMURConfig:
         within-segment relative distances, a fixed initial memory (a buffer, not drawn per
         episode). 2.11M parameters in the backbone (the paper reports 2.1M).
         """
-        base = dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig(),
-                    write_rule="official")
+        base = dict(init="released", cross_attn_out_bias=True, dropout_placement="released",
+                    moe=MoEConfig(expert_ff=32, shared_ff=512), write_rule="official")
         return cls.tmaze(**{**base, **changes})
 
     @classmethod

@@ -100,9 +100,10 @@ class MoEFeedForward(nn.Module):
         super().__init__()
         moe: MoEConfig = config.moe
         self.moe = moe
+        expert_ff, shared_ff = moe.widths(config.d_model)
         self.router = nn.Linear(config.d_model, moe.num_experts, bias=False)
-        self.experts = SwiGLUExperts(config.d_model, moe.expert_ff, moe.num_experts, config.dropout)
-        self.shared = SwiGLUExperts(config.d_model, moe.shared_ff, moe.num_shared, config.dropout) if moe.num_shared else None
+        self.experts = SwiGLUExperts(config.d_model, expert_ff, moe.num_experts, config.dropout)
+        self.shared = SwiGLUExperts(config.d_model, shared_ff, moe.num_shared, config.dropout) if moe.num_shared else None
         self.aux_losses: list[Tensor] = []
 
     def reset_parameters(self, scheme: str) -> None:
