@@ -2,8 +2,8 @@
 keeps updating (lambda = 0.79, a blend every segment) generalises beyond the training length.
 
 Each variant is the published T-Maze configuration (``ELMURConfig.tmaze``: D=128, L=2, H=2, M=2,
-K=10, lambda=0.79, detach_memory=True, dropout 0.10 / 0.17, memory dropout 0.01) with some
-options changed, trained by one of two recipes on oracle episodes of at most 30 steps:
+K=10, lambda=0.79, detach_memory=True, dropout 0.10 / 0.17, memory dropout 0.01) with the bare
+options (torch init, no output bias, residual dropout, MLP FFN) and some of them changed, trained by one of two recipes on oracle episodes of at most 30 steps:
 
 - ``tutorial``: the BC tutorial's recipe (2000 episodes, batch 64 x 30, lr 1e-3, one optimizer
   step per 30-step window);
@@ -46,8 +46,9 @@ from torchrl_elmur.objectives import SequenceCrossEntropyLoss  # noqa: E402
 from torchrl_elmur.training import tmaze_success_rate, train_bc  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
+BARE_OPTIONS = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
 RELEASED_OPTIONS = dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig())
-VARIANTS: dict[str, dict] = {  # changes to ELMURConfig.tmaze()
+VARIANTS: dict[str, dict] = {  # changes to ELMURConfig.tmaze(**BARE_OPTIONS) (see make_config)
     "published": {},
     "init": dict(init="released"),
     "bias": dict(cross_attn_out_bias=True),
@@ -64,12 +65,20 @@ VARIANTS: dict[str, dict] = {  # changes to ELMURConfig.tmaze()
     "released-no-detach": dict(RELEASED_OPTIONS, write_rule="official", detach_memory=False),
     "released-paper-no-detach": dict(RELEASED_OPTIONS, detach_memory=False),
     "lambda0": dict(lru_blend=0.0, detach_memory=False),
-    # ELMURConfig() as a drop-in user gets it (no dropout, eps 1e-5), with and without detach
+    # ELMURConfig()'s defaults before the released options became defaults (no dropout, eps 1e-5, bare options)
     "config-defaults": dict(dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5),
     "config-defaults-no-detach": dict(dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5,
                                       detach_memory=False),
     "config-defaults-released": dict(RELEASED_OPTIONS, dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5),
 }
+
+
+def make_config(variant: str, input_size: int) -> ELMURConfig:
+    """The published T-Maze configuration with ``VARIANTS[variant]`` applied; every option not named
+    there is bare (torch init, no output bias, residual dropout, MLP), whatever ELMURConfig's defaults."""
+    return ELMURConfig.tmaze(input_size=input_size, **{**BARE_OPTIONS, **VARIANTS[variant]})
+
+
 RECIPES = {
     "tutorial": dict(episodes=2000, batch=64, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, updates="window", steps=300),
     "released": dict(episodes=4800, batch=128, lr=2.1e-4, betas=(0.95, 0.999), weight_decay=1e-4, updates="segment",
@@ -149,7 +158,7 @@ def run_one(variant: str, seed: int, args: Args) -> dict:
     overrides = {k: v for k, v in (("steps", args.steps), ("episodes", args.episodes)) if v}
     recipe = {**RECIPES[args.recipe], **overrides}
     tut = offline_bc.Args(seed=seed)
-    config = ELMURConfig.tmaze(input_size=tut.hidden, **VARIANTS[variant])
+    config = make_config(variant, tut.hidden)
     torch.manual_seed(seed)
     actor = offline_bc.make_actor("elmur", tut, config)
     data = make_tmaze_dataset(recipe["episodes"], max_corridor=tut.max_corridor, seed=seed,

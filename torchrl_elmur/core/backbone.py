@@ -96,9 +96,10 @@ class ELMURBackbone(nn.Module):
         return torch.stack(losses).sum() / max(1, self._moe_segments)
 
     def _start_call(self, segments: int) -> None:
-        for m in self._moe:
-            m.aux_losses = []
-        self._moe_segments = segments
+        if self._moe:  # nothing to do (no state touched in the hot path) without MoE
+            for m in self._moe:
+                m.aux_losses = []
+            self._moe_segments = segments
 
     def _input_tokens(self, x: Tensor) -> Tensor:
         """``in_proj(x)``, with token dropout in training under ``dropout_placement="released"``."""
