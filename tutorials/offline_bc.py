@@ -115,9 +115,10 @@ def elmur_config(args: Args) -> ELMURConfig:
     benchmarks/README.md: runs, seeds and the leave-one-out table).
     """
     released = dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig())
+    bare = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
     return ELMURConfig.tmaze(input_size=args.hidden, d_model=args.hidden, segment_len=args.segment_len,
                              memory_slots=args.memory_slots, lru_blend=args.lru_blend, write_rule=args.write_rule,
-                             detach_memory=args.detach_memory, **(released if args.released_options else {}))
+                             detach_memory=args.detach_memory, **(released if args.released_options else bare))
 
 
 def make_memory(kind: str, args: Args, config: ELMURConfig | None = None) -> nn.Module:
