@@ -72,7 +72,7 @@ def test_tmaze_released_preset():
 
     c = ELMURConfig.tmaze_released()
     assert (c.init, c.cross_attn_out_bias, c.dropout_placement, c.write_rule) == ("released", True, "released", "official")
-    assert c.moe == MoEConfig(num_experts=2, top_k=1, num_shared=2, expert_ff=32, shared_ff=512, balance_coef=0.1)
+    assert c.moe == MoEConfig(num_experts=2, top_k=1, num_shared=2, balance_coef=0.1) and c.moe.widths(128) == (32, 512)
     assert MoEConfig().widths(128) == (32, 512) and MoEConfig().widths(64) == (16, 256)
     assert (c.lru_blend, c.detach_memory, c.memory_dropout) == (0.79, True, 0.01)
     assert ELMURConfig.tmaze_released(write_rule="paper").write_rule == "paper"

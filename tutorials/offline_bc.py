@@ -40,7 +40,6 @@ from torch.distributions import Categorical
 from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor
 
 from torchrl_elmur import ELMURConfig, ELMURModule
-from torchrl_elmur.core.config import MoEConfig
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss
@@ -114,11 +113,10 @@ def elmur_config(args: Args) -> ELMURConfig:
     policy reaches 1.00 up to corridor 10,000 (benchmarks/tmaze_fidelity.py and
     benchmarks/README.md: runs, seeds and the leave-one-out table).
     """
-    released = dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig())
-    bare = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
-    return ELMURConfig.tmaze(input_size=args.hidden, d_model=args.hidden, segment_len=args.segment_len,
-                             memory_slots=args.memory_slots, lru_blend=args.lru_blend, write_rule=args.write_rule,
-                             detach_memory=args.detach_memory, **(released if args.released_options else bare))
+    preset = ELMURConfig.tmaze_released if args.released_options else ELMURConfig.tmaze
+    return preset(input_size=args.hidden, d_model=args.hidden, segment_len=args.segment_len,
+                  memory_slots=args.memory_slots, lru_blend=args.lru_blend, write_rule=args.write_rule,
+                  detach_memory=args.detach_memory)
 
 
 def make_memory(kind: str, args: Args, config: ELMURConfig | None = None) -> nn.Module:
