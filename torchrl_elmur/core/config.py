@@ -124,8 +124,9 @@ class ELMURConfig:
             attention, memory FFN) never receives a gradient and keeps its initial weights, so its
             init decides how the memory evolves over many segments. Measured on T-Maze BC (3
             seeds each, ``benchmarks/tmaze_fidelity.py``): with the released options
-            (:meth:`tmaze_released`) detach keeps >= 0.95 to corridor 10,000 in 6 of 6 runs, no
-            detach in 3 of 6; with the plain options, 0 of 3 and 1 of 3.
+            (:meth:`tmaze_released`) detach keeps >= 0.95 to corridor 10,000 in 6 of 6 runs (a
+            seventh run, outside the benchmark, fell to 0.50 at 1,000), no detach in 3 of 6; with
+            the plain options, 0 of 3 and 1 of 3.
     """
 
     d_model: int = 128
