@@ -219,7 +219,8 @@ def summarize(rows: list[dict], variants: list[str], lengths: list[int]) -> list
 
 
 def read_rows(paths: list[str]) -> list[dict]:
-    """Rows of earlier runs' CSVs (numbers parsed, empty cells None)."""
+    """Rows of earlier runs' CSVs (numbers parsed, empty cells None); a (variant, recipe, seed) run
+    that appears in several files counts once, from the last file."""
     import csv
 
     rows = []
@@ -233,7 +234,7 @@ def read_rows(paths: list[str]) -> list[dict]:
                     except json.JSONDecodeError:
                         parsed[k] = v
                 rows.append(parsed)
-    return rows
+    return list({(r["variant"], r["recipe"], r["seed"]): r for r in rows}.values())
 
 
 def main() -> None:
