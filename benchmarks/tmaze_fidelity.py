@@ -196,16 +196,14 @@ def run_one(variant: str, seed: int, args: Args) -> dict:
     return row
 
 
-def summarize(rows: list[dict], variants: list[str], lengths: list[int]) -> list[dict]:
-    """One entry per variant: worst seed per corridor (``skip``: a seed was at chance at two shorter
-    corridors and not evaluated), the slowest seed's time-to-1.00, and how many seeds kept >= 0.95
-    at every corridor."""
+def summarize(rows: list[dict], lengths: list[int]) -> list[dict]:
+    """One entry per (recipe, variant), in the rows' order: worst seed per corridor (``skip``: a seed
+    was at chance at two shorter corridors and not evaluated), the slowest seed's time-to-1.00, and
+    how many seeds kept >= 0.95 at every corridor."""
     summary = []
-    for v in variants:
-        mine = [r for r in rows if r["variant"] == v]
-        if not mine:
-            continue
-        entry = {"variant": v, "seeds": len(mine), "train_seconds": sum(r["train_seconds"] for r in mine) / len(mine)}
+    for recipe, v in dict.fromkeys((r["recipe"], r["variant"]) for r in rows):
+        mine = [r for r in rows if r["variant"] == v and r["recipe"] == recipe]
+        entry = {"recipe": recipe, "variant": v, "seeds": len(mine), "train_seconds": sum(r["train_seconds"] for r in mine) / len(mine)}
         for key in ("t100", "t1000"):
             times = [r[key] for r in mine]
             entry[key] = max(times) if all(t is not None for t in times) else None  # slowest seed; None: one never did
@@ -243,17 +241,14 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.from_csv:
         rows = read_rows(args.from_csv)
-        variants = list(dict.fromkeys(r["variant"] for r in rows))
     else:
         rows = [run_one(v, s, args) for v in args.variants for s in args.seeds]
-        variants = args.variants
     out = Path(args.out)
-    summary = summarize(rows, variants, args.lengths)
-    cols = [("variant", "variant", "s"), ("seeds", "seeds", "d"), ("ok", ">=0.95 all", "s"),
+    summary = summarize(rows, args.lengths)
+    cols = [("recipe", "recipe", "s"), ("variant", "variant", "s"), ("seeds", "seeds", "d"), ("ok", ">=0.95 all", "s"),
             ("train_seconds", "train s", ".0f"), ("t100", "1.00@100 s", ".0f"), ("t1000", "1.00@1000 s", ".0f")] + \
            [(f"c{c}", f"c={c:,}", "s") for c in args.lengths]
-    recipes = sorted({r["recipe"] for r in rows})
-    title = (f"T-Maze fidelity, recipe {'/'.join(recipes)}, worst seed per cell (time-to-1.00: slowest seed; "
+    title = (f"T-Maze fidelity, worst seed per cell (time-to-1.00: slowest seed; "
              f"'-': a seed never did), {machine('cpu')}")
     print(f"\n{title}\n{format_table(summary, cols)}")
     write_csv(rows, out / "tmaze_fidelity.csv")

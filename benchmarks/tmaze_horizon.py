@@ -19,12 +19,12 @@ and ends with one JSON line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -36,6 +36,7 @@ from common import format_table, machine, write_csv  # noqa: E402
 
 from torchrl_elmur import ELMURModule  # noqa: E402
 from torchrl_elmur.training import plot_success_vs_length, start_wandb, tmaze_success_rate  # noqa: E402
+from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
 FULL = [10, 30, 100, 1000, 10_000, 100_000, 1_000_000]
 QUICK = [10, 30, 100, 1000, 10_000]
@@ -44,39 +45,31 @@ CHANCE = 0.6
 
 @dataclass
 class Args:
-    policies: list[str] = field(default_factory=lambda: ["elmur", "lstm", "gru"])
-    lengths: list[int] = field(default_factory=lambda: list(FULL))
-    quick: bool = False
-    eval_episodes: int = 100
-    checkpoints: str = "outputs/offline_bc"  # load <policy>.pt from here when present
-    train_steps: int = offline_bc.Args.steps  # when training here (no checkpoint)
-    skip: bool = True
+    policies: list[Literal["elmur", "lstm", "gru"]] = field(default_factory=lambda: ["elmur", "lstm", "gru"])
+    lengths: list[int] | None = None  # corridor lengths (None: 10 .. 10^6, or 10 .. 10^4 with --quick)
+    quick: bool = False  # corridor lengths 10 .. 10^4
+    eval_episodes: int = 100  # per length, half with each goal side (even)
+    checkpoints: str = "outputs/offline_bc"  # folder with the BC tutorial's <policy>.pt (trained here when absent)
+    train_steps: int = offline_bc.Args.steps  # gradient steps when no checkpoint
+    skip: bool = True  # skip longer corridors once a policy is at chance at two lengths
     device: str = "cpu"
     compile: bool = False  # ELMURModule.compile_step(): for GPUs (on a CPU the compiled step is slower)
-    threads: int = 1  # one thread: per-step latency bound work, robust on a shared machine
+    threads: int = 1  # torch threads (0: torch's default); one: per-step latency bound work, robust on a shared machine
     seed: int = 0
     out: str = "outputs/benchmarks"
 
+    @property
+    def corridor_lengths(self) -> list[int]:
+        return self.lengths or (QUICK if self.quick else FULL)
 
-def parse_args() -> Args:
-    d = Args()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policies", nargs="+", choices=offline_bc.POLICIES, default=d.policies)
-    p.add_argument("--lengths", type=int, nargs="+", default=None, help=f"corridor lengths (default {FULL})")
-    p.add_argument("--quick", action="store_true", help=f"lengths {QUICK}")
-    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
-    p.add_argument("--checkpoints", default=d.checkpoints, help="folder with the BC tutorial's <policy>.pt")
-    p.add_argument("--train-steps", type=int, default=d.train_steps, help="gradient steps when no checkpoint")
-    p.add_argument("--no-skip", dest="skip", action="store_false", help="evaluate policies at chance too")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--compile", action="store_true", help="compile ELMUR's step mode (torch.compile; for --device cuda)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=d.out)
-    a = p.parse_args()
-    lengths = a.lengths or (QUICK if a.quick else FULL)
-    return Args(a.policies, lengths, a.quick, a.eval_episodes, a.checkpoints, a.train_steps, a.skip, a.device,
-                a.compile, a.threads, a.seed, a.out)
+
+def check_args(args: Args) -> str | None:
+    if args.eval_episodes < 2 or args.eval_episodes % 2:
+        return f"--eval-episodes: expected an even int >= 2, received {args.eval_episodes}"
+    bad = [n for n in args.corridor_lengths if n < 1]
+    if bad:
+        return f"--lengths: expected corridor lengths >= 1, received {bad}"
+    return None
 
 
 def load_or_train(kind: str, args: Args):
@@ -97,7 +90,7 @@ def load_or_train(kind: str, args: Args):
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_dataclass(Args, __doc__, check=check_args)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -110,7 +103,7 @@ def main() -> None:
                 if isinstance(module, ELMURModule):
                     module.compile_step("reduce-overhead" if args.device.startswith("cuda") else "default")
         at_chance = 0
-        for length in args.lengths:
+        for length in args.corridor_lengths:
             row = {"policy": kind, "corridor_length": length, "train_seconds": train_s}
             if args.skip and at_chance >= 2:
                 row["status"] = "skipped"

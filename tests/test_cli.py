@@ -30,7 +30,7 @@ def test_defaults_and_values():
 def test_help_comes_from_the_comments():
     text = make_parser(Args, "demo").format_help()
     assert "gradient steps (default: 300)" in text and "corridor lengths (default: 30 100)" in text
-    assert "--no-wandb-on" in text and "log to wandb" in text
+    assert "--no-wandb-on" in text and "turns off: log to wandb" in text
 
 
 def test_errs(capsys):

@@ -5,7 +5,8 @@ them with ``tyro``); :func:`parse_dataclass` builds the ``argparse`` parser from
 a field is never repeated as an ``add_argument`` line:
 
 - ``name: T = default  # help text`` becomes ``--name`` (underscores as dashes) with that help;
-- ``bool`` fields are flags: ``--name`` when the default is False, ``--no-name`` when it is True;
+- ``bool`` fields are flags: ``--name`` when the default is False, ``--no-name`` when it is True
+  (its help reads "turns off: <comment>");
 - ``list[T]`` takes one or more values, ``tuple[T, ...]`` of fixed length that many;
 - ``Literal[...]`` (or ``T | None`` of those) restricts the choices; ``T | None`` accepts ``none``.
 """
@@ -63,7 +64,8 @@ def _argument(name: str, tp, default, help_text: str) -> tuple[list[str], dict]:
     tp, optional = _strip_optional(tp)
     if tp is bool:
         if default:
-            return ["--no-" + name.replace("_", "-")], {"dest": name, "action": "store_false", "help": help_text}
+            off = f"turns off: {help_text}" if help_text else "turns it off"
+            return ["--no-" + name.replace("_", "-")], {"dest": name, "action": "store_false", "help": off}
         return [flag], {"dest": name, "action": "store_true", "help": help_text}
     kwargs: dict = {"dest": name, "default": default}
     origin = typing.get_origin(tp)
