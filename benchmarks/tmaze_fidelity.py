@@ -43,7 +43,7 @@ from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.core.config import MoEConfig  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss  # noqa: E402
-from torchrl_elmur.training import tmaze_success_rate, train_bc  # noqa: E402
+from torchrl_elmur.training import episodes_error, tmaze_success_rate, train_bc  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
 BARE_OPTIONS = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
@@ -107,9 +107,7 @@ def check_args(args: Args) -> str | None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         return f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}"
-    if args.probe_episodes % 2 or args.eval_episodes % 2:
-        return f"--probe-episodes and --eval-episodes must be even, received {args.probe_episodes}, {args.eval_episodes}"
-    return None
+    return episodes_error({"--probe-episodes": args.probe_episodes, "--eval-episodes": args.eval_episodes})
 
 
 SEPARATION_SEGMENTS = (1, 2, 3, 10, 30, 100)

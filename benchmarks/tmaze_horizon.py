@@ -35,7 +35,7 @@ import offline_bc  # noqa: E402  (the tutorial: its Args, make_actor and train a
 from common import format_table, machine, write_csv  # noqa: E402
 
 from torchrl_elmur import ELMURModule  # noqa: E402
-from torchrl_elmur.training import plot_success_vs_length, start_wandb, tmaze_success_rate  # noqa: E402
+from torchrl_elmur.training import episodes_error, plot_success_vs_length, start_wandb, tmaze_success_rate  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
 FULL = [10, 30, 100, 1000, 10_000, 100_000, 1_000_000]
@@ -64,8 +64,9 @@ class Args:
 
 
 def check_args(args: Args) -> str | None:
-    if args.eval_episodes < 2 or args.eval_episodes % 2:
-        return f"--eval-episodes: expected an even int >= 2, received {args.eval_episodes}"
+    error = episodes_error({"--eval-episodes": args.eval_episodes})
+    if error:
+        return error
     bad = [n for n in args.corridor_lengths if n < 1]
     if bad:
         return f"--lengths: expected corridor lengths >= 1, received {bad}"

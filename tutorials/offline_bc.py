@@ -43,7 +43,7 @@ from torchrl_elmur import ELMURConfig, ELMURModule
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss
-from torchrl_elmur.training import (BCHistory, evaluate_lengths, plot_success_vs_length, start_wandb,
+from torchrl_elmur.training import (BCHistory, episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate, train_bc)
 from torchrl_elmur.training.cli import parse_dataclass
 
@@ -89,11 +89,7 @@ class Args:
 
 
 def check_args(args: Args) -> str | None:
-    for name in ("eval_episodes", "select_episodes"):
-        value = getattr(args, name)
-        if value < 2 or value % 2:
-            return f"--{name.replace('_', '-')} must be even and >= 2 (both goal sides equally often), received {value}"
-    return None
+    return episodes_error({"--eval-episodes": args.eval_episodes, "--select-episodes": args.select_episodes})
 
 
 # ----------------------------------------------------------------------------------------------

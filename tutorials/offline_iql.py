@@ -32,8 +32,8 @@ import csv
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
@@ -47,7 +47,8 @@ from torchrl_elmur import ELMURConfig, ELMURModule
 from torchrl_elmur.data import BEHAVIOURS, make_offline_replay_buffer, make_tmaze_mixed_dataset
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
-from torchrl_elmur.training import evaluate_lengths, plot_success_vs_length, start_wandb, tmaze_success_rate
+from torchrl_elmur.training import (episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
+                                    tmaze_success_rate)
 from torchrl_elmur.training.cli import parse_dataclass
 
 COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
@@ -101,8 +102,9 @@ class Args:
 
 
 def check_args(args: Args) -> str | None:
-    if args.eval_episodes < 2 or args.eval_episodes % 2:
-        return f"--eval-episodes must be even and >= 2 (both goal sides equally often), received {args.eval_episodes}"
+    error = episodes_error({"--eval-episodes": args.eval_episodes})
+    if error:
+        return error
     if min(args.oracle, args.wrong_turn, args.wander) < 0 or abs(args.oracle + args.wrong_turn + args.wander - 1) > 1e-6:
         return (f"--oracle, --wrong-turn and --wander must be >= 0 and sum to 1, received "
                 f"{args.oracle}, {args.wrong_turn}, {args.wander}")

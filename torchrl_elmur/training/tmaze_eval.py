@@ -17,6 +17,22 @@ from tqdm import tqdm
 from ..envs import TMazeEnv
 
 
+def episodes_error(counts: dict[str, int]) -> str | None:
+    """The first of ``counts`` (name -> number of episodes) that cannot be a balanced T-Maze
+    evaluation (both goal sides equally often: even and >= 2), as an error message; None if all can.
+
+    Examples:
+        >>> episodes_error({"--eval-episodes": 100, "--select-episodes": 20}) is None
+        True
+        >>> episodes_error({"--eval-episodes": 100, "--select-episodes": 3})
+        '--select-episodes must be even and >= 2, received 3 (both goal sides equally often)'
+    """
+    for name, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2 or n % 2:
+            return f"{name} must be even and >= 2, received {n} (both goal sides equally often)"
+    return None
+
+
 @torch.no_grad()
 def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episodes: int = 100, seed: int = 10_000,
                        device: str | torch.device = "cpu", progress: bool | None = None, greedy: bool = True,
@@ -38,8 +54,9 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
         on_step: called with each step's tensordict (after ``env.step``, before ``step_mdp``), e.g.
             to record the policy's memory; row ``i`` has goal +1 (up) for even ``i``, -1 for odd.
     """
-    if episodes < 2 or episodes % 2:
-        raise ValueError(f"tmaze_success_rate: episodes must be even and >= 2, received {episodes}.")
+    error = episodes_error({"episodes": episodes})
+    if error:
+        raise ValueError(f"tmaze_success_rate: {error}.")
     primers = get_primers_from_module(policy)
     env = TMazeEnv(corridor_length, batch_size=[episodes], goal_sides="balanced", seed=seed, device=device)
     env = TransformedEnv(env, Compose(InitTracker(), primers) if primers is not None else InitTracker())
