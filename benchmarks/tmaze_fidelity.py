@@ -43,7 +43,7 @@ from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.core.config import MoEConfig  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss  # noqa: E402
-from torchrl_elmur.training import episodes_error, tmaze_success_rate, train_bc  # noqa: E402
+from torchrl_elmur.training import episodes_error, evaluate_lengths, tmaze_success_rate, train_bc  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
 BARE_OPTIONS = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
@@ -181,13 +181,9 @@ def run_one(variant: str, seed: int, args: Args) -> dict:
            "train_seconds": round(history.train_seconds, 1),
            "t100": history.first_time("100"), "t1000": history.first_time("1000"),
            "probes": " ".join(f"{p['step']}:{p['result']['100']:.2f}/{p['result']['1000']:.2f}" for p in history.probes)}
-    at_chance = 0
-    for c in args.lengths:
-        if at_chance >= 2:
-            row[f"c{c}"] = None
-            continue
-        row[f"c{c}"] = tmaze_success_rate(actor, c, args.eval_episodes, seed=20_000 + seed)
-        at_chance = at_chance + 1 if row[f"c{c}"] <= 0.6 else 0
+    success, _ = evaluate_lengths(actor, args.lengths, args.eval_episodes, seed=20_000 + seed, name=f"{variant}/{seed}",
+                                  skip_at_chance=2)
+    row.update({f"c{c}": success.get(str(c)) for c in args.lengths})  # None: skipped
     if args.separation:
         row.update(memory_separation(actor, config.segment_len, seed=30_000 + seed))
     print(json.dumps(row), flush=True)

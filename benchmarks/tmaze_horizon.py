@@ -5,9 +5,9 @@ of at most 30 steps, or loaded from its checkpoints, then each is evaluated on c
 10 .. 10^6 with the batched T-Maze env and the streaming (step-mode) policy through TorchRL:
 ``--eval-episodes`` episodes per length, both goal sides equally often.
 
-A policy that is at chance (success <= 0.6) at two consecutive lengths is not evaluated at longer
-ones (a memory that lost the cue at length L cannot recover it at 10 L); those cells say
-``skipped``. ``--no-skip`` evaluates everything.
+A policy that is at chance (success <= 0.6, ``torchrl_elmur.training.tmaze_eval.CHANCE``) at two
+consecutive lengths is not evaluated at longer ones (a memory that lost the cue at length L cannot
+recover it at 10 L); those cells say ``skipped``. ``--no-skip`` evaluates everything.
 
     python benchmarks/tmaze_horizon.py --quick              # lengths up to 10^4, a few minutes
     python benchmarks/tmaze_horizon.py                      # up to 10^6
@@ -35,12 +35,11 @@ import offline_bc  # noqa: E402  (the tutorial: its Args, make_actor and train a
 from common import format_table, machine, write_csv  # noqa: E402
 
 from torchrl_elmur import ELMURModule  # noqa: E402
-from torchrl_elmur.training import episodes_error, plot_success_vs_length, start_wandb, tmaze_success_rate  # noqa: E402
+from torchrl_elmur.training import episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
 FULL = [10, 30, 100, 1000, 10_000, 100_000, 1_000_000]
 QUICK = [10, 30, 100, 1000, 10_000]
-CHANCE = 0.6
 
 
 @dataclass
@@ -103,20 +102,12 @@ def main() -> None:
             for module in actor.modules():
                 if isinstance(module, ELMURModule):
                     module.compile_step("reduce-overhead" if args.device.startswith("cuda") else "default")
-        at_chance = 0
+        success, seconds = evaluate_lengths(actor, args.corridor_lengths, args.eval_episodes, seed=args.seed + 10_000,
+                                            name=kind, device=args.device, skip_at_chance=2 if args.skip else 0)
         for length in args.corridor_lengths:
-            row = {"policy": kind, "corridor_length": length, "train_seconds": train_s}
-            if args.skip and at_chance >= 2:
-                row["status"] = "skipped"
-            else:
-                start = time.perf_counter()
-                row["success"] = tmaze_success_rate(actor, length, args.eval_episodes, seed=args.seed + 10_000,
-                                                    device=args.device, progress=length >= 10_000)  # greedy
-                row["eval_seconds"] = time.perf_counter() - start
-                row["status"] = "ok"
-                at_chance = at_chance + 1 if row["success"] <= CHANCE else 0
-                print(f"  {kind:>5} corridor {length:>9,}: success {row['success']:.2f} "
-                      f"({row['eval_seconds']:.1f} s, {1e3 * row['eval_seconds'] / (length + 2):.2f} ms/step)", flush=True)
+            row = {"policy": kind, "corridor_length": length, "train_seconds": train_s, "status": "skipped"}
+            if str(length) in success:
+                row.update(success=success[str(length)], eval_seconds=seconds[str(length)], status="ok")
             rows.append(row)
 
     out = Path(args.out)

@@ -175,3 +175,19 @@ class TestEvaluation:
         assert not oracle.training
         with pytest.raises(ValueError, match="episodes must be even and >= 2, received 3"):
             tmaze_success_rate(oracle, 3, episodes=3)
+
+    def test_evaluate_lengths_skips_after_chance(self, capsys):
+        """A policy that forgets the hint (always up at the junction) scores 0.5 on balanced goals;
+        with skip_at_chance=2 the lengths after two such scores are not evaluated."""
+        from tensordict.nn import TensorDictModule
+
+        from torchrl_elmur.training import evaluate_lengths
+
+        forgetful = TensorDictModule(lambda obs: torch.where(obs[..., 2] == 1, UP, RIGHT), ["observation"], ["action"])
+        success, seconds = evaluate_lengths(forgetful, [3, 5, 7, 9], 4, seed=0, name="f", skip_at_chance=2)
+        assert success == {"3": 0.5, "5": 0.5} and set(seconds) == {"3", "5"}
+        assert "corridor         7" not in capsys.readouterr().out
+        success, _ = evaluate_lengths(forgetful, [3, 5, 7], 4, seed=0, name="f")
+        assert success == {"3": 0.5, "5": 0.5, "7": 0.5}
+        success, _ = evaluate_lengths(TMazeOracle(), [3, 5, 7], 4, seed=0, name="o", skip_at_chance=1)
+        assert success == {"3": 1.0, "5": 1.0, "7": 1.0}

@@ -78,19 +78,32 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
     return (reward > 0.5).float().mean().item()
 
 
+CHANCE = 0.6  # success at or below this is at chance (a greedy policy that forgot the hint scores about 0.5)
+
+
 def evaluate_lengths(policy: TensorDictModuleBase, lengths: Sequence[int], episodes: int, seed: int, name: str,
-                     run=None, device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, float]]:
+                     run=None, device: str | torch.device = "cpu",
+                     skip_at_chance: int = 0) -> tuple[dict[str, float], dict[str, float]]:
     """Greedy success rate and wall seconds per corridor length (keys: the lengths as strings),
-    printed as they come and logged to ``run`` (a wandb run) as ``<name>/success_c<length>``."""
+    printed as they come and logged to ``run`` (a wandb run) as ``<name>/success_c<length>``.
+
+    ``skip_at_chance=n > 0``: once success is at chance (<= :data:`CHANCE`) at ``n`` consecutive
+    lengths, the longer ones are not evaluated and are absent from both dicts (a memory that lost
+    the hint at length L does not recover it at 10 L); 0 evaluates every length.
+    """
     success, seconds = {}, {}
+    at_chance = 0
     for length in lengths:
+        if skip_at_chance and at_chance >= skip_at_chance:
+            break
         t0 = time.perf_counter()
-        success[str(length)] = tmaze_success_rate(policy, length, episodes, seed=seed, device=device)
+        success[str(length)] = rate = tmaze_success_rate(policy, length, episodes, seed=seed, device=device)
         seconds[str(length)] = time.perf_counter() - t0
+        at_chance = at_chance + 1 if rate <= CHANCE else 0
         if run is not None:
-            run.log({f"{name}/success_c{length}": success[str(length)]})
-        print(f"  {name:>10} corridor {length:>9,}: success {success[str(length)]:.2f}  ({seconds[str(length)]:.1f} s)",
-              flush=True)
+            run.log({f"{name}/success_c{length}": rate})
+        print(f"  {name:>10} corridor {length:>9,}: success {rate:.2f}  ({seconds[str(length)]:.1f} s, "
+              f"{1e3 * seconds[str(length)] / (length + 2):.2f} ms/step)", flush=True)
     return success, seconds
 
 
