@@ -3,7 +3,8 @@ keeps updating (lambda = 0.79, a blend every segment) generalises beyond the tra
 
 Each variant is the published T-Maze configuration (``ELMURConfig.tmaze``: D=128, L=2, H=2, M=2,
 K=10, lambda=0.79, detach_memory=True, dropout 0.10 / 0.17, memory dropout 0.01) with the bare
-options (torch init, no output bias, residual dropout, MLP FFN) and some of them changed, trained by one of two recipes on oracle episodes of at most 30 steps:
+options (torch init, no output bias, residual dropout, MLP FFN) and some of them changed, trained
+by one of two recipes on oracle episodes of at most 30 steps:
 
 - ``tutorial``: the BC tutorial's recipe (2000 episodes, batch 64 x 30, lr 1e-3, one optimizer
   step per 30-step window);
@@ -40,14 +41,14 @@ import offline_bc  # noqa: E402  (the tutorial: its actor)
 from common import format_table, machine, write_csv  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
-from torchrl_elmur.core.config import MoEConfig  # noqa: E402
+from torchrl_elmur.core.config import MoEConfig, released_options  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss  # noqa: E402
 from torchrl_elmur.training import episodes_error, evaluate_lengths, tmaze_success_rate, train_bc  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
 BARE_OPTIONS = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
-RELEASED_OPTIONS = dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig())
+RELEASED_OPTIONS = released_options()
 VARIANTS: dict[str, dict] = {  # changes to ELMURConfig.tmaze(**BARE_OPTIONS) (see make_config)
     "published": {},
     "init": dict(init="released"),
@@ -65,7 +66,7 @@ VARIANTS: dict[str, dict] = {  # changes to ELMURConfig.tmaze(**BARE_OPTIONS) (s
     "released-no-detach": dict(RELEASED_OPTIONS, write_rule="official", detach_memory=False),
     "released-paper-no-detach": dict(RELEASED_OPTIONS, detach_memory=False),
     "lambda0": dict(lru_blend=0.0, detach_memory=False),
-    # ELMURConfig()'s defaults before the released options became defaults (no dropout, eps 1e-5, bare options)
+    # ELMURConfig()'s own defaults (no dropout, eps 1e-5, bare options) at the published T-Maze sizes
     "config-defaults": dict(dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5),
     "config-defaults-no-detach": dict(dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5,
                                       detach_memory=False),

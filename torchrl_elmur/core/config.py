@@ -240,9 +240,7 @@ class ELMURConfig:
         10,000 in 3 of 3 seeds with either write rule (``benchmarks/tmaze_fidelity.py``, variants
         ``released`` and ``released-paper``); no single one of the four options does it alone.
         """
-        base = dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig(),
-                    write_rule="official")
-        return cls.tmaze(**{**base, **changes})
+        return cls.tmaze(**{**released_options(), "write_rule": "official", **changes})
 
     @classmethod
     def popgym(cls, **changes) -> "ELMURConfig":
@@ -264,3 +262,15 @@ class ELMURConfig:
         base = dict(d_model=32, num_layers=2, num_heads=16, memory_slots=32, segment_len=60,
                     lru_blend=0.19, memory_init_std=0.001, norm_eps=1e-8)
         return cls(**{**base, **changes})
+
+
+def released_options() -> dict:
+    """The four things the released code does beyond the layer equations, as ``ELMURConfig`` fields:
+    its init, biased cross-attention output projections, its dropout sites and its mixture of
+    experts (``../shared/ELMUR.md`` section 7; :meth:`ELMURConfig.tmaze_released` adds its write rule).
+
+    Examples:
+        >>> ELMURConfig(**released_options()).init
+        'released'
+    """
+    return dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig())
