@@ -131,9 +131,9 @@ def memory_separation(actor, segment_len: int, corridor: int = 1000, episodes: i
     records = {}
 
     def record(td):
-        step = int(td["next", "elmur_step"][0])
+        step = int(td["next", "recurrent_state", "step"][0])
         if step % segment_len == 0 and step // segment_len in SEPARATION_SEGMENTS:
-            memory, time = td["next", "elmur_memory"], td["next", "elmur_memory_time"]  # [B, L, M, D], [B, L, M]
+            memory, time = td["next", "recurrent_state", "memory"], td["next", "recurrent_state", "memory_time"]  # [B, L, M, D], [B, L, M]
             order = time.argsort(dim=-1, descending=True, stable=True)  # most recent slot first
             records[step // segment_len] = memory.gather(2, order[..., None].expand_as(memory)).clone()
 

@@ -1,6 +1,6 @@
 """IQL with ELMUR actor and critics: recurrent TD(0) targets, continuous IQLLoss training, discrete IQL on T-Maze data.
 
-The networks are small ELMURModules, each with its own state keys (``state_prefix``); every loss
+The networks are small ELMURModules, each with its own state keys (``state_key``); every loss
 runs them in recurrent mode on ``[B, T]`` batches. vmap is off (``deactivate_vmap=True`` for
 ``IQLLoss``; flag + ``_make_vmap()`` for ``DiscreteIQLLoss``, see tests/test_module_losses.py).
 """
@@ -30,8 +30,8 @@ SMALL = dict(hidden_size=WIDTH, num_heads=2, segment_len=3, memory_slots=2)  # T
 
 def network(prefix: str, input_size: int, out_keys: list[str], width: int, extra: nn.Module | None = None,
             in_key: str = "observation") -> TensorDictSequential:
-    """in_key -> ELMUR (state keys <prefix>_*) -> Linear(WIDTH, width) [-> extra] -> out_keys."""
-    memory = ELMURModule(input_size=input_size, in_key=in_key, out_key=f"{prefix}_embed", state_prefix=prefix, **SMALL)
+    """in_key -> ELMUR (state key <prefix>_state) -> Linear(WIDTH, width) [-> extra] -> out_keys."""
+    memory = ELMURModule(input_size=input_size, in_key=in_key, out_key=f"{prefix}_embed", state_key=f"{prefix}_state", **SMALL)
     layers = [nn.Linear(WIDTH, width)] + ([extra] if extra is not None else [])
     return TensorDictSequential(memory, TensorDictModule(nn.Sequential(*layers), [f"{prefix}_embed"], out_keys))
 

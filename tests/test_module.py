@@ -9,7 +9,16 @@ from torchrl.modules import set_recurrent_mode
 
 from torchrl_elmur import ELMURConfig, ELMURModule
 
-STATE = ["elmur_memory", "elmur_memory_time", "elmur_cache", "elmur_step"]
+FIELDS = {"tokens": ["memory", "memory_time", "tokens", "step"], "cache": ["memory", "memory_time", "cache", "step"]}
+STATE = [("recurrent_state", name) for name in FIELDS["tokens"]]  # the default layout's state fields
+
+
+def state_fields(layout: str) -> list[tuple[str, str]]:
+    return [("recurrent_state", name) for name in FIELDS[layout]]
+
+
+def nxt(key: tuple) -> tuple:
+    return ("next", *key)
 
 
 def make_module(**kwargs) -> ELMURModule:
@@ -39,15 +48,16 @@ def step_by_step(module, obs, is_init, state=None):
 class TestErrs:
     def test_key_arguments_exclusive(self):
         with pytest.raises(ValueError, match="exactly one of in_key or in_keys"):
-            ELMURModule(3, 16, in_key="a", in_keys=["a"] + STATE, out_key="h")
+            ELMURModule(3, 16, in_key="a", in_keys=["a", "s"], out_key="h")
         with pytest.raises(ValueError, match="exactly one of in_key or in_keys"):
             ELMURModule(3, 16, out_key="h")
         with pytest.raises(ValueError, match="exactly one of out_key or out_keys"):
             ELMURModule(3, 16, in_key="a")
-        with pytest.raises(ValueError, match=re.escape("in_keys must be [value, memory, memory_time, cache, step]")):
-            ELMURModule(3, 16, in_keys=["a", "b"], out_key="h")
+        for keys in (["a"], ["a", "b", "c", "d"], ["a", "is_init", "b"]):
+            with pytest.raises(ValueError, match=re.escape("in_keys must be [value, state] or [value, state_1, state_2]")):
+                ELMURModule(3, 16, in_keys=keys, out_key="h")
         with pytest.raises(ValueError, match="out_keys must be"):
-            ELMURModule(3, 16, in_key="a", out_keys=["h", ("next", "b")])
+            ELMURModule(3, 16, in_key="a", out_keys=["h", ("next", "b"), ("next", "c")])
 
     def test_config_arguments(self):
         with pytest.raises(ValueError, match="hidden_size is required"):
@@ -83,14 +93,27 @@ class TestErrs:
     def test_bad_state(self):
         m = make_module()
         td = TensorDict({"obs": torch.randn(2, 3, dtype=torch.float64), "is_init": torch.zeros(2, 1, dtype=torch.bool)}, [2])
+        td["recurrent_state"] = m(td.clone())["next", "recurrent_state"]  # a valid state, then break it
         other = make_module(memory_slots=4)
-        state = other(td.clone())["next"]
-        td["elmur_memory"] = state["elmur_memory"]
-        with pytest.raises(ValueError, match=re.escape("state 'elmur_memory' must have shape [2, 2, 2, 16], received [2, 2, 4, 16]")):
+        state = other(td.exclude("recurrent_state"))["next"]
+        td["recurrent_state", "memory"] = state["recurrent_state", "memory"]
+        with pytest.raises(ValueError, match=re.escape(
+                "state 'recurrent_state' field 'memory' must have shape [2, 2, 2, 16], received [2, 2, 4, 16]")):
             m(td)
-        td["elmur_memory"] = torch.zeros(2, 2, 2, 16, dtype=torch.float64)
-        td["elmur_step"] = torch.zeros(2, 1)
-        with pytest.raises(ValueError, match="state 'elmur_step' must have dtype torch.int64, received torch.float32"):
+        td["recurrent_state", "memory"] = torch.zeros(2, 2, 2, 16, dtype=torch.float64)
+        td["recurrent_state", "step"] = torch.zeros(2, 1)
+        with pytest.raises(ValueError, match="field 'step' must have dtype torch.int64, received torch.float32"):
+            m(td)
+        del td["recurrent_state", "step"]
+        with pytest.raises(KeyError, match="state 'recurrent_state' has no field 'step'"):
+            m(td)
+        # an RNN's hidden state where ELMUR expects its own, and a state of the other layout
+        td["recurrent_state"] = torch.zeros(2, 1, 16, dtype=torch.float64)
+        with pytest.raises(ValueError, match=re.escape("state 'recurrent_state' must be a TensorDict with fields "
+                                                       "['memory', 'memory_time', 'tokens', 'step']")):
+            m(td)
+        td["recurrent_state"] = make_module(state_layout="cache")(td.exclude("recurrent_state"))["next", "recurrent_state"]
+        with pytest.raises(KeyError, match="no field 'tokens'.*state_layout='tokens'"):
             m(td)
 
     def test_recurrent_mode_is_read_only(self):
@@ -104,25 +127,26 @@ class TestErrs:
                 m(TensorDict({"obs": torch.randn(3, dtype=torch.float64), "is_init": torch.ones(1, dtype=torch.bool)}, []))
 
     def test_primer_needs_next_keys(self):
-        m = ELMURModule(3, 16, in_keys=["obs", *STATE], out_keys=["h", *(("next", f"x{i}") for i in range(4))])
-        with pytest.raises(RuntimeError, match="must be \\('next', 'elmur_memory'\\)"):
+        m = ELMURModule(3, 16, in_keys=["obs", "rs"], out_keys=["h", ("next", "x")])
+        with pytest.raises(RuntimeError, match="must be \\('next', 'rs'\\)"):
             m.make_tensordict_primer()
 
 
 class TestKeysAndModes:
     def test_default_keys(self):
         m = ELMURModule(3, 16, in_key="obs", out_key="h")
-        assert m.in_keys == ["obs", *STATE, "is_init"]
-        assert m.out_keys == ["h", *(("next", k) for k in STATE)]
+        assert m.in_keys == ["obs", "recurrent_state", "is_init"]  # GRUModule's layout and default name
+        assert m.out_keys == ["h", ("next", "recurrent_state")]
         assert m.config.input_size == 3 and m.config.d_model == 16
 
-    def test_state_prefix_and_explicit_keys(self):
-        m = ELMURModule(3, 16, in_key="obs", out_key="h", state_prefix="critic")
-        assert m.state_keys == ["critic_memory", "critic_memory_time", "critic_cache", "critic_step"]
-        keys = [("s", n) for n in "abcd"]
-        m2 = ELMURModule(3, 16, in_keys=["obs", *keys, "is_init"], out_keys=["h", *(("next", *k) for k in keys)])
-        assert m2.in_keys == ["obs", *keys, "is_init"]
-        assert m2.make_tensordict_primer() is not None
+    def test_state_key_and_explicit_keys(self):
+        m = ELMURModule(3, 16, in_key="obs", out_key="h", state_key="critic_rs")
+        assert m.state_keys == ["critic_rs"] and m.next_state_keys == [("next", "critic_rs")]
+        m2 = ELMURModule(3, 16, in_keys=["obs", ("s", "a"), "is_init"], out_keys=["h", ("next", "s", "a")])
+        assert m2.in_keys == ["obs", ("s", "a"), "is_init"]
+        assert set(m2.make_tensordict_primer().primers.keys(True, True)) == {("s", "a", f) for f in FIELDS["tokens"]}
+        m3 = ELMURModule(3, 16, in_keys=("obs", "rs"), out_keys=("h", ("next", "rs")))  # tuples, as GRUModule takes
+        assert m3.in_keys == ["obs", "rs", "is_init"]
 
     def test_config_constructor(self):
         cfg = ELMURConfig.tmaze(input_size=4)
@@ -132,13 +156,15 @@ class TestKeysAndModes:
     def test_primer_specs(self):
         m = make_module()
         specs = m.make_tensordict_primer().primers
-        assert specs["elmur_memory"].shape == (2, 2, 16) and specs["elmur_memory"].dtype == torch.float64
-        assert specs["elmur_memory_time"].shape == (2, 2) and specs["elmur_memory_time"].dtype == torch.int64
-        assert specs["elmur_cache"].shape == (2, 3, 2, 3, 8)
-        assert specs["elmur_step"].shape == (1,) and specs["elmur_step"].dtype == torch.int64
+        assert specs["recurrent_state", "memory"].shape == (2, 2, 16) and specs["recurrent_state", "memory"].dtype == torch.float64
+        assert specs["recurrent_state", "memory_time"].shape == (2, 2) and specs["recurrent_state", "memory_time"].dtype == torch.int64
+        assert specs["recurrent_state", "tokens"].shape == (2, 3)  # [K-1, F]
+        assert specs["recurrent_state", "step"].shape == (1,) and specs["recurrent_state", "step"].dtype == torch.int64
         # sizes that tell the cache's dims apart: [H, K, L, 3, D/H]
-        m = ELMURModule(input_size=3, hidden_size=20, num_layers=3, num_heads=4, segment_len=5, in_key="obs", out_key="h")
-        assert m.make_tensordict_primer().primers["elmur_cache"].shape == (4, 5, 3, 3, 5)
+        m = ELMURModule(input_size=3, hidden_size=20, num_layers=3, num_heads=4, segment_len=5, in_key="obs", out_key="h",
+                        state_layout="cache")
+        assert m.make_tensordict_primer().primers["recurrent_state", "cache"].shape == (4, 5, 3, 3, 5)
+        assert ("recurrent_state", "tokens") not in m.make_tensordict_primer().primers.keys(True)
 
     def test_default_recurrent_mode_and_context(self):
         m = make_module(default_recurrent_mode=True)
@@ -154,8 +180,8 @@ class TestKeysAndModes:
                          "is_init": torch.ones(*batch, 1, dtype=torch.bool)}, batch)
         out = m(td)
         assert out["h"].shape == (*batch, 16)
-        assert out["next", "elmur_cache"].shape == (*batch, 2, 3, 2, 3, 8)
-        assert (out["next", "elmur_step"] == 1).all()
+        assert out["next", "recurrent_state", "tokens"].shape == (*batch, 2, 3)
+        assert (out["next", "recurrent_state", "step"] == 1).all()
 
     def test_is_init_resets_state(self):
         m = make_module()
@@ -168,14 +194,15 @@ class TestKeysAndModes:
         fresh = m(TensorDict({"obs": obs[:, 0], "is_init": torch.ones(2, 1, dtype=torch.bool)}, [2]))
         torch.testing.assert_close(out["h"][0], fresh["h"][0], rtol=0, atol=0)
         assert not torch.allclose(out["h"][1], fresh["h"][1])
-        assert out["next", "elmur_step"].squeeze(-1).tolist() == [1, 8]
+        assert out["next", "recurrent_state", "step"].squeeze(-1).tolist() == [1, 8]
 
 
 class TestParity:
+    @pytest.mark.parametrize("layout", ["tokens", "cache"])
     @pytest.mark.parametrize("T", [1, 4, 11])
-    def test_step_by_step_equals_recurrent(self, T):
+    def test_step_by_step_equals_recurrent(self, T, layout):
         """Collector-style step-by-step with step_mdp == one recurrent-mode call."""
-        m = make_module()
+        m = make_module(state_layout=layout)
         obs = torch.randn(3, T, 3, dtype=torch.float64)
         is_init = torch.zeros(3, T, 1, dtype=torch.bool)
         is_init[:, 0] = True
@@ -183,8 +210,8 @@ class TestParity:
         with set_recurrent_mode(True):
             seq = m(TensorDict({"obs": obs, "is_init": is_init}, [3, T]))
         torch.testing.assert_close(seq["h"], y_step, rtol=0, atol=1e-10)
-        for key in STATE:  # ("next", state) at the row end is the real final state
-            torch.testing.assert_close(seq["next", key][:, -1], last[key], rtol=0, atol=1e-10)
+        for key in state_fields(layout):  # ("next", state) at the row end is the real final state
+            torch.testing.assert_close(seq[nxt(key)][:, -1], last[key], rtol=0, atol=1e-10)
 
     def test_compiled_step_mode_equals_eager(self):
         """compile_step (torch.compile of the sync-free step; inductor on CPU) gives the eager
@@ -192,20 +219,22 @@ class TestParity:
         again."""
         import pickle
 
-        m = make_module()
+        m = make_module(state_layout="cache")
         obs = torch.randn(3, 8, 3, dtype=torch.float64)
         is_init = torch.zeros(3, 8, 1, dtype=torch.bool)
         is_init[:, 0] = True
         is_init[1, 4] = True
         with torch.no_grad():
             y_eager, last_eager = step_by_step(m, obs, is_init)
-            compiled = pickle.loads(pickle.dumps(make_module().compile_step("default")))
+            compiled = pickle.loads(pickle.dumps(make_module(state_layout="cache").compile_step("default")))
             assert compiled._compiled_step is not None
             y_compiled, last_compiled = step_by_step(compiled, obs, is_init)
         torch.testing.assert_close(y_compiled, y_eager, rtol=0, atol=1e-10)
-        for key in STATE:
+        for key in state_fields("cache"):
             torch.testing.assert_close(last_compiled[key], last_eager[key], rtol=0, atol=1e-10)
         assert make_module().compile_step(None)._compiled_step is None
+        with pytest.raises(ValueError, match="compiled step needs state_layout='cache'"):
+            make_module().compile_step()
 
     def test_packed_batch_equals_separate_trajectories(self):
         """A row holding several trajectories (mid-row is_init) == each trajectory run alone."""
@@ -220,28 +249,29 @@ class TestParity:
                 alone = m(TensorDict({"obs": obs[row, a:b], "is_init": is_init[row, a:b]}, [b - a]))
                 torch.testing.assert_close(packed["h"][row, a:b], alone["h"], rtol=0, atol=1e-12)
                 for key in STATE:
-                    torch.testing.assert_close(packed["next", key][row, b - 1], alone["next", key][-1], rtol=0, atol=1e-12)
+                    torch.testing.assert_close(packed[nxt(key)][row, b - 1], alone[nxt(key)][-1], rtol=0, atol=1e-12)
         # ("next", state) is zero except at trajectory ends
-        ends = packed["next", "elmur_step"].squeeze(-1)
+        ends = packed["next", "recurrent_state", "step"].squeeze(-1)
         assert (ends != 0).nonzero().tolist() == [[0, 4], [0, 8], [0, 12], [1, 6], [1, 12]]
         assert ends[0, 4] == 5 and ends[1, 12] == 6
 
-    def test_recurrent_restarts_from_stored_state(self):
+    @pytest.mark.parametrize("layout", ["tokens", "cache"])
+    def test_recurrent_restarts_from_stored_state(self, layout):
         """A slice that starts mid-episode continues from the state stored at its first step."""
-        m = make_module()
+        m = make_module(state_layout=layout)
         obs = torch.randn(2, 12, 3, dtype=torch.float64)
         is_init = torch.zeros(2, 12, 1, dtype=torch.bool)
         is_init[:, 0] = True
         y_full, _ = step_by_step(m, obs, is_init)
         _, mid = step_by_step(m, obs[:, :5], is_init[:, :5])  # the state stored before step 5 (mid-segment)
         tail = TensorDict({"obs": obs[:, 5:], "is_init": torch.zeros(2, 7, 1, dtype=torch.bool)}, [2, 7])
-        for key in STATE:
+        for key in state_fields(layout):
             tail[key] = torch.zeros(2, 7, *mid[key].shape[1:], dtype=mid[key].dtype)
             tail[key][:, 0] = mid[key]  # only t=0 is read
         with set_recurrent_mode(True):
             out = m(tail)
         torch.testing.assert_close(out["h"], y_full[:, 5:], rtol=0, atol=1e-10)
-        assert out["next", "elmur_step"][:, -1].squeeze(-1).tolist() == [12, 12]
+        assert out["next", "recurrent_state", "step"][:, -1].squeeze(-1).tolist() == [12, 12]
 
     def test_flat_and_multi_batch_recurrent(self):
         m = make_module()

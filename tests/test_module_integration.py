@@ -26,15 +26,22 @@ from torchrl_elmur import ELMURModule
 
 # small config: D=16, L=2, H=2, M=2, K=3
 D, L, H, M, K = 16, 2, 2, 2, 3
-STATE_KEYS = ["elmur_memory", "elmur_memory_time", "elmur_cache", "elmur_step"]
-NEXT_STATE_KEYS = [("next", k) for k in STATE_KEYS]
-# per-env shape and dtype of every state key (the module docstring's table)
-STATE_SPECS = {
-    "elmur_memory": ((L, M, D), torch.float32),
-    "elmur_memory_time": ((L, M), torch.int64),
-    "elmur_cache": ((L, 3, H, K, D // H), torch.float32),
-    "elmur_step": ((1,), torch.int64),
-}
+STATE = "recurrent_state"  # GRUModule's default state key; ELMUR's state is a TensorDict under it
+FIELDS = ["memory", "memory_time", "tokens", "step"]  # state_layout="tokens" (the default)
+STATE_KEYS = [(STATE, name) for name in FIELDS]
+NEXT_STATE_KEYS = [("next", *k) for k in STATE_KEYS]
+
+
+def state_specs(obs_size: int) -> dict:
+    """Per-env shape and dtype of every state field (the module docstring's table)."""
+    return {
+        (STATE, "memory"): ((L, M, D), torch.float32),
+        (STATE, "memory_time"): ((L, M), torch.int64),
+        (STATE, "tokens"): ((K - 1, obs_size), torch.float32),
+        (STATE, "step"): ((1,), torch.int64),
+    }
+
+
 OBS_SIZE = {"CartPole-v1": 4, "Pendulum-v1": 3}
 
 
@@ -112,23 +119,23 @@ def assert_replay_matches(module: ELMURModule, data: TensorDict) -> None:
         assert not out[key][~ends].any(), f"{key} is not zero inside a trajectory"
 
 
-def assert_state_keys(data: TensorDict, batch_shape: tuple[int, ...]) -> None:
+def assert_state_keys(data: TensorDict, batch_shape: tuple[int, ...], obs_size: int = 4) -> None:
     """Root and ("next", ...) state keys are present with shape [*batch, *per-env shape] and dtype."""
     keys = set(data.keys(True, True))
-    for key, (shape, dtype) in STATE_SPECS.items():
-        for full_key in (key, ("next", key)):
+    for key, (shape, dtype) in state_specs(obs_size).items():
+        for full_key in (key, ("next", *key)):
             assert full_key in keys, f"{full_key} missing; keys: {sorted(map(str, keys))}"
             assert data[full_key].shape == (*batch_shape, *shape), (full_key, data[full_key].shape)
             assert data[full_key].dtype == dtype, (full_key, data[full_key].dtype)
 
 
 def assert_step_counter_consistent(data: TensorDict) -> None:
-    """elmur_step is the step within the episode: 0 exactly where is_init is set (root state then
-    all zeros), +1 per step; ("next", elmur_step) = elmur_step + 1."""
-    step = data["elmur_step"].squeeze(-1)
+    """step is the step within the episode: 0 exactly where is_init is set (root state then
+    all zeros), +1 per step; ("next", step) = step + 1."""
+    step = data["recurrent_state", "step"].squeeze(-1)
     is_init = data["is_init"].squeeze(-1)
     assert torch.equal(step == 0, is_init)
-    torch.testing.assert_close(data["next", "elmur_step"].squeeze(-1), step + 1, rtol=0, atol=0)
+    torch.testing.assert_close(data["next", "recurrent_state", "step"].squeeze(-1), step + 1, rtol=0, atol=0)
     continuing = ~is_init[..., 1:]
     torch.testing.assert_close(step[..., 1:][continuing], step[..., :-1][continuing] + 1, rtol=0, atol=0)
     for key in STATE_KEYS:
@@ -157,7 +164,7 @@ class TestGymEnvRollout:
         assert isinstance(env, TransformedEnv)
         kinds = [type(t) for t in env.transform]
         assert InitTracker in kinds and TensorDictPrimer in kinds
-        for key, (shape, dtype) in STATE_SPECS.items():
+        for key, (shape, dtype) in state_specs(4).items():
             spec = env.full_state_spec[key]
             assert spec.shape == shape and spec.dtype == dtype, (key, spec)
         env.close()
@@ -170,7 +177,7 @@ class TestGymEnvRollout:
         assert data["embed"].shape == (60, D)
 
     def test_step_counts_up_and_restarts_after_reset(self, cartpole_rollout):
-        """elmur_step counts 0, 1, 2, ... within an episode and restarts at 0 after each reset."""
+        """step counts 0, 1, 2, ... within an episode and restarts at 0 after each reset."""
         _, _, data = cartpole_rollout
         assert_step_counter_consistent(data)
         assert data["is_init"][0].item() and data["is_init"][1:].sum() >= 1, "the rollout should cross a reset"
@@ -179,12 +186,12 @@ class TestGymEnvRollout:
         """("next", memory_time) stays 0 until the first segment is complete; then, in every layer,
         its newest stamp is 1 + the last step of the latest complete segment = K * ((step + 1) // K)."""
         _, _, data = cartpole_rollout
-        step = data["elmur_step"].squeeze(-1)
-        newest = data["next", "elmur_memory_time"].amax(-1)  # [T, L]
+        step = data["recurrent_state", "step"].squeeze(-1)
+        newest = data["next", "recurrent_state", "memory_time"].amax(-1)  # [T, L]
         expected = (K * ((step + 1) // K))[:, None].expand(-1, L)
         torch.testing.assert_close(newest, expected, rtol=0, atol=0)
-        assert not data["next", "elmur_memory_time"][step < K - 1].any()
-        assert (data["next", "elmur_memory_time"][step == K - 1] > 0).any(-1).all()
+        assert not data["next", "recurrent_state", "memory_time"][step < K - 1].any()
+        assert (data["next", "recurrent_state", "memory_time"][step == K - 1] > 0).any(-1).all()
 
     def test_rollout_replays_in_recurrent_mode(self, cartpole_rollout):
         """The whole rollout (several episodes in one row) replayed in recurrent mode gives the
@@ -211,7 +218,7 @@ class TestCollector:
             assert_state_keys(batch, (64,))
             assert_step_counter_consistent(batch)
             assert_replay_matches(module, batch)
-        assert batches[1]["elmur_step"][0].item() > 0, "the second batch should start mid-episode"
+        assert batches[1]["recurrent_state", "step"][0].item() > 0, "the second batch should start mid-episode"
 
     def test_split_trajs_padded_batch_replays(self):
         """With split_trajs=True the batch is [n_traj, T_max], zero-padded after each trajectory
@@ -223,7 +230,7 @@ class TestCollector:
         collector.set_seed(0)
         batches = [batch.clone() for batch in collector]
         collector.shutdown()
-        assert any((batch["elmur_step"][:, 0] > 0).any() for batch in batches[1:])
+        assert any((batch["recurrent_state", "step"][:, 0] > 0).any() for batch in batches[1:])
         for batch in batches:
             mask = batch["collector", "mask"]
             assert batch.ndim == 2 and not mask.all()
@@ -252,14 +259,14 @@ class TestCollector:
     def test_init_tracker_without_primer_drops_the_state(self):
         """Documents TorchRL's behaviour: with InitTracker but no primer (and auto-registration off)
         the collector keeps no state between steps: no root state keys are recorded and every step
-        starts fresh (("next", elmur_step) == 1 everywhere), silently."""
+        starts fresh (("next", step) == 1 everywhere), silently."""
         policy, _ = make_policy()
         collector = Collector(lambda: TransformedEnv(GymEnv("CartPole-v1"), InitTracker()), policy,
                               frames_per_batch=16, total_frames=16, auto_register_policy_transforms=False)
         batch = next(iter(collector))
         collector.shutdown()
         assert not set(STATE_KEYS) & set(batch.keys())
-        assert (batch["next", "elmur_step"] == 1).all()
+        assert (batch["next", "recurrent_state", "step"] == 1).all()
 
 
 class TestMultiSyncCollector:
@@ -348,7 +355,7 @@ class TestReplayBuffer:
             slices = sample.reshape(4, 8)
             assert slices["is_init"][:, 0].all()
             assert torch.equal(slices["collector", "traj_ids"], slices["collector", "traj_ids"][:, :1].expand(-1, 8))
-            first_steps.append(slices["elmur_step"][:, 0, 0])
+            first_steps.append(slices["recurrent_state", "step"][:, 0, 0])
             assert_replay_matches(module, slices)
             assert_replay_matches(module, sample)
         first_steps = torch.cat(first_steps)
@@ -359,7 +366,7 @@ class TestReplayBuffer:
 def step_input(data: TensorDict) -> TensorDict:
     """A [4] step-mode batch: two mid-episode, mid-segment steps (non-zero stored state, partial
     cache) and two episode starts."""
-    step = data["elmur_step"].squeeze(-1)
+    step = data["recurrent_state", "step"].squeeze(-1)
     mid = ((step > K) & (step % K != 0)).nonzero().squeeze(-1)[:2]
     starts = data["is_init"].squeeze(-1).nonzero().squeeze(-1)[:2]
     assert len(mid) == 2 and len(starts) == 2
@@ -368,12 +375,12 @@ def step_input(data: TensorDict) -> TensorDict:
 
 def recurrent_input(data: TensorDict) -> TensorDict:
     """A [2, 20] recurrent-mode batch whose rows start mid-episode and hold resets."""
-    step = data["elmur_step"].squeeze(-1)
+    step = data["recurrent_state", "step"].squeeze(-1)
     candidates = ((step > K) & (step % K != 0)).nonzero().squeeze(-1).tolist()  # mid-episode, mid-segment
     first = candidates[0]
     second = next(c for c in candidates if c >= first + 20 and c + 20 <= len(step))
     td = torch.stack([data[first:first + 20], data[second:second + 20]]).exclude("embed", "next").clone()
-    assert (td["elmur_step"][:, 0] > 0).all() and td["is_init"][:, 1:].flatten(1).any(-1).all()
+    assert (td["recurrent_state", "step"][:, 0] > 0).all() and td["is_init"][:, 1:].flatten(1).any(-1).all()
     return td
 
 
@@ -429,7 +436,7 @@ class TestSerialization:
 class TestDtype:
     def test_to_float64_moves_weights_buffers_and_primer_specs(self, cartpole_rollout):
         """.to(torch.float64) converts parameters and the memory_init buffer; the primer then declares
-        float64 memory / cache (int64 stamps and step stay int64), and the module runs on float64
+        float64 memory / tokens (int64 stamps and step stay int64), and the module runs on float64
         inputs with the same results as in float32."""
         _, module, data = cartpole_rollout
         module64 = copy.deepcopy(module).to(torch.float64)
@@ -437,11 +444,11 @@ class TestDtype:
         assert all(p.dtype == torch.float64 for p in module64.parameters())
         assert module64.dtype == torch.float64
         specs = module64.make_tensordict_primer().primers
-        assert specs["elmur_memory"].dtype == torch.float64
-        assert specs["elmur_cache"].dtype == torch.float64
-        assert specs["elmur_memory_time"].dtype == torch.int64 and specs["elmur_step"].dtype == torch.int64
+        assert specs["recurrent_state", "memory"].dtype == torch.float64
+        assert specs["recurrent_state", "tokens"].dtype == torch.float64
+        assert specs["recurrent_state", "memory_time"].dtype == torch.int64 and specs["recurrent_state", "step"].dtype == torch.int64
         td = recurrent_input(data)
         td64 = td.apply(lambda t: t.double() if t.is_floating_point() else t)
         out64 = outputs(module64, td64, True)
-        assert out64["embed"].dtype == torch.float64 and out64["next", "elmur_memory"].dtype == torch.float64
+        assert out64["embed"].dtype == torch.float64 and out64["next", "recurrent_state", "memory"].dtype == torch.float64
         torch.testing.assert_close(out64["embed"], outputs(module, td, True)["embed"].double(), rtol=0, atol=1e-5)

@@ -54,8 +54,8 @@ VMAP_GRAD_ERROR = "attn_mask"
 
 # ---------------------------------------------------------------------------------------------- helpers
 def elmur(prefix: str, input_size: int, in_key: str = "observation") -> ELMURModule:
-    """A small ELMURModule whose state keys are ``<prefix>_memory``, ... and output ``<prefix>_embed``."""
-    return ELMURModule(input_size=input_size, in_key=in_key, out_key=f"{prefix}_embed", state_prefix=prefix, **SMALL)
+    """A small ELMURModule whose state key is ``<prefix>_state`` and output ``<prefix>_embed``."""
+    return ELMURModule(input_size=input_size, in_key=in_key, out_key=f"{prefix}_embed", state_key=f"{prefix}_state", **SMALL)
 
 
 def head(prefix: str, width: int, out_keys: list[str], extra: nn.Module | None = None) -> TensorDictModule:
@@ -297,7 +297,7 @@ class TestDropInSwap:
         assert torch.isfinite(out["loss"])
         assert out["moved"]
         sample, memory = out["sample"], out["memory"]
-        state_keys = memory.in_keys[1:-1]  # GRU: recurrent_state; LSTM: _h, _c; ELMUR: elmur_*
+        state_keys = memory.in_keys[1:-1]  # GRU: recurrent_state; LSTM: _h, _c; ELMUR: recurrent_state (a TensorDict)
         assert all(key in sample.keys(True) for key in state_keys)  # the collector carried them
         assert sample["is_init"][:, 0].all()  # SliceSampler marks every slice start
         # replaying mid-episode slices from their stored states reproduces the collected logits

@@ -134,7 +134,7 @@ def make_memory(kind: str, args: Args, prefix: str, width: int) -> nn.Module:
         config = ELMURConfig.tmaze(input_size=width, d_model=width, segment_len=args.segment_len,
                                    memory_slots=args.memory_slots, lru_blend=args.lru_blend,
                                    detach_memory=args.detach_memory, memory_dropout=0.0)
-        return ELMURModule(config=config, in_key=value, out_key=output, state_prefix=prefix)
+        return ELMURModule(config=config, in_key=value, out_key=output, state_key=f"{prefix}_state")
     if kind == "lstm":
         h, c = f"{prefix}_h", f"{prefix}_c"
         return LSTMModule(input_size=width, hidden_size=width, in_keys=[value, h, c], out_keys=[output, ("next", h), ("next", c)])

@@ -53,7 +53,10 @@ def main() -> None:
     print(f"max |streaming - sequence| over {args.steps} steps: {(y_step - y_seq).abs().max().item():.2e}")
     print(f"memory timestamps (1 + last step of the writing segment), layer 0: "
           f"{state.memory_time[0, 0].tolist()} (sequence path: {state_seq.memory_time[0, 0].tolist()})")
-    print(f"state size: {sum(t.numel() * t.element_size() for t in vars(state).values()):,} bytes, whatever the episode length")
+    size = {layout: sum(t.numel() * t.element_size() for t in net.initial_state(1, layout).fields().values())
+            for layout in ("cache", "tokens")}
+    print(f"state size: {size['cache']:,} bytes (layout 'cache', used here; 'tokens', the one ELMURModule stores "
+          f"by default: {size['tokens']:,} bytes), whatever the episode length")
     print(f"sequence path {1e3 * seq_s / args.steps:.3f} ms/step, streaming {1e3 * step_s / args.steps:.3f} ms/step")
 
 

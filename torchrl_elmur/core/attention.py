@@ -34,18 +34,21 @@ def sinusoid_embedding(distances: Tensor, dim: int) -> Tensor:
 
     Args:
         distances: ``[n]`` float or int.
-        dim: even embedding width D.
+        dim: embedding width D.
 
     Returns:
-        ``[n, D]``: ``[sin(d * f_0), ..., sin(d * f_{D/2-1}), cos(d * f_0), ...]``.
+        ``[n, D]``: ``[sin(d * f_0), ..., sin(d * f_{ceil(D/2)-1}), cos(d * f_0), ..., cos(d * f_{floor(D/2)-1})]``
+        with ``f_i = 10000^(-2i / D)``; for an odd D the last cosine is left out.
 
     Examples:
         >>> sinusoid_embedding(torch.tensor([0.0]), 4).tolist()
         [[0.0, 0.0, 1.0, 1.0]]
+        >>> sinusoid_embedding(torch.tensor([0.0]), 3).tolist()
+        [[0.0, 0.0, 1.0]]
     """
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     angles = distances.to(torch.float64)[:, None] * inv_freq[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return torch.cat([angles.sin(), angles.cos()[:, : dim // 2]], dim=-1)
 
 
 RelativeGeometry = tuple[Tensor, Tensor]  # (index, blocked), see relative_geometry

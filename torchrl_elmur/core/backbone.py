@@ -122,9 +122,12 @@ class ELMURBackbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.memory_init.dtype
 
-    def initial_state(self, batch: int) -> ELMURState:
-        """The fresh-episode (all zeros) state for ``batch`` rows, on this module's device/dtype."""
-        return ELMURState.zeros(self.config, batch, dtype=self.dtype, device=self.memory_init.device)
+    def initial_state(self, batch: int, layout: str = "cache") -> ELMURState:
+        """The fresh-episode (all zeros) state for ``batch`` rows, on this module's device/dtype.
+
+        ``layout``: how the state holds the current segment (:class:`ELMURState`): ``"cache"``
+        (fast steps) or ``"tokens"`` (small, for storage)."""
+        return ELMURState.zeros(self.config, batch, dtype=self.dtype, device=self.memory_init.device, layout=layout)
 
     def memory_view(self, memory: Tensor, memory_time: Tensor) -> Tensor:
         """Slot vectors of all layers as reads and writes see them ``[B, L, M, D]``: the stored
@@ -198,10 +201,20 @@ class ELMURBackbone(nn.Module):
                 the whole cache per step (memory traffic O(K) per row). :class:`~torchrl_elmur.ELMURModule`
                 never uses it: TorchRL rollouts and collectors keep every step's state.
 
+        A state of layout ``"tokens"`` (:class:`ELMURState`) is stepped by the sequence path
+        (``forward(x[:, None], state)``): the segment so far is recomputed from its tokens, and
+        the next state has the same layout. ``static`` and ``inplace`` need the ``"cache"`` layout.
+
         Returns:
             ``(y [B, D], next_state)``. The input state is not modified (unless ``inplace``).
         """
         self._check_tokens(x, 2, "step")
+        if state is not None and isinstance(state, ELMURState) and state.layout == "tokens":
+            if static or inplace:
+                raise ValueError(f"ELMURBackbone.step: static=True and inplace=True need a state of layout 'cache', "
+                                 f"received layout 'tokens' (static={static}, inplace={inplace}).")
+            y, state = self.forward(x.unsqueeze(1), state)
+            return y[:, 0], state
         if inplace and (static or torch.is_grad_enabled() or state is None):
             raise ValueError(
                 "ELMURBackbone.step: inplace=True needs a given state, autograd off (torch.no_grad()) and "
@@ -273,14 +286,15 @@ class ELMURBackbone(nn.Module):
 
         Args:
             x: ``[B, T, token_size]``.
-            state: the state before ``x[:, 0]`` (``None``: fresh). May be mid-segment; rows may
-                be at different steps.
+            state: the state before ``x[:, 0]`` (``None``: fresh, layout ``"cache"``). May be
+                mid-segment; rows may be at different steps. Either layout: with ``"tokens"`` the
+                segment's earlier tokens are recomputed in the first chunk.
             lengths: optional int ``[B]``: row ``b`` has ``lengths[b] <= T`` real tokens followed by
                 padding. Outputs at padded positions are unspecified; the returned state is the
                 one after each row's last real token.
 
         Returns:
-            ``(y [B, T, D], state after the last real token of each row)``.
+            ``(y [B, T, D], state after the last real token of each row)``, in the input state's layout.
         """
         self._check_tokens(x, 3, "forward")
         state = self._prepare(x, state, "forward")
@@ -295,10 +309,18 @@ class ELMURBackbone(nn.Module):
         n_chunks = max(1, -(-(int(p.max()) + T) // K))
         self._start_call(n_chunks)
         slots = torch.arange(n_chunks * K, device=x.device)  # segment-aligned timeline
-        src = slots[None] - p[:, None]  # [B, S]: token index at each timeline slot (<0: cached)
-        h_in = self._input_tokens(x)  # [B, T, D]
-        gathered = torch.gather(h_in, 1, src.clamp(0, T - 1)[..., None].expand(-1, -1, D))
-        h_line = torch.where(((src >= 0) & (src < T))[..., None], gathered, torch.zeros_like(gathered))
+        src = slots[None] - p[:, None]  # [B, S]: token index at each timeline slot (<0: earlier in the segment)
+        use_cache = state.layout == "cache"
+        if use_cache:  # slots before p: their keys, values and outputs come from the cache
+            h_in = self._input_tokens(x)  # [B, T, D]
+            gathered = torch.gather(h_in, 1, src.clamp(0, T - 1)[..., None].expand(-1, -1, D))
+            h_line = torch.where(((src >= 0) & (src < T))[..., None], gathered, torch.zeros_like(gathered))
+        else:  # slots before p: the stored tokens, recomputed with this call's tokens
+            x_all = torch.cat([state.tokens, x], 1)  # [B, K-1+T, F]: tokens[:, j] sits at slot j
+            index = torch.where(src < 0, slots[None], src + (K - 1)).clamp(max=x_all.shape[1] - 1)
+            x_line = torch.gather(x_all, 1, index[..., None].expand(-1, -1, x.shape[-1]))  # [B, S, F]
+            x_line = torch.where((src < T)[..., None], x_line, torch.zeros_like(x_line))
+            h_line = torch.where((src < T)[..., None], self._input_tokens(x_line), x_line.new_zeros(()))
         stamp_line = (state.step - p)[:, None] + slots[None] + 1  # [B, S]
         end = p + lengths  # [B]: first timeline slot after each row's last token
         cached = (src < 0)[..., None]  # [B, S, 1]
@@ -307,7 +329,7 @@ class ELMURBackbone(nn.Module):
         pos = torch.arange(K, device=x.device)
         causal = relative_geometry(pos, pos, None, K)  # full causal attention within a segment chunk
         memory, memory_time = state.memory, state.memory_time
-        final_cache = torch.zeros_like(state.cache)
+        final_segment = torch.zeros_like(state.cache if use_cache else state.tokens)
         y_chunks = []
         for c in range(n_chunks):
             window = slice(c * K, (c + 1) * K)
@@ -318,14 +340,14 @@ class ELMURBackbone(nn.Module):
             for i, layer in enumerate(self.layers):
                 q, k, v = layer.project(h)  # [B, K, D]
                 k, v = split_heads(k, H), split_heads(v, H)  # [B, H, K, d]
-                if first:  # slots before p hold tokens of earlier calls: use their cache
+                if first and use_cache:  # slots before p hold tokens of earlier calls: use their cache
                     k = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_KEY), k)
                     v = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_VALUE), v)
                 h = layer.token_output(
                     h, q, (k, v, causal), self.u, self.v,
                     seen[:, i], stamps, memory_time[:, i], position_mask,
                 )
-                if first:
+                if first and use_cache:
                     h = torch.where(cached[:, window], merge_heads(layer_cache(state.cache, i, CACHE_OUTPUT)), h)
                 chunk_entries.append((k, v, h))
             y_chunks.append(self.final_norm(h))
@@ -337,12 +359,18 @@ class ELMURBackbone(nn.Module):
                 memory_time = torch.where(complete[:, None, None], new_time, memory_time)
             ends_inside = (end > c * K) & (end < (c + 1) * K)  # row stops mid-segment: keep a cache
             if bool(ends_inside.any()):
-                filled = (pos[None] < (end - c * K)[:, None])[:, None, :, None, None, None]  # [B, 1, K, 1, 1, 1]
-                chunk_cache = pack_cache([(k, v, split_heads(o, H)) for k, v, o in chunk_entries])  # [B, H, K, L, 3, d]
-                chunk_cache = torch.where(filled, chunk_cache, torch.zeros_like(chunk_cache))
-                final_cache = torch.where(ends_inside[:, None, None, None, None, None], chunk_cache, final_cache)
+                filled = pos[None] < (end - c * K)[:, None]  # [B, K]
+                if use_cache:
+                    chunk = pack_cache([(k, v, split_heads(o, H)) for k, v, o in chunk_entries])  # [B, H, K, L, 3, d]
+                    filled = filled[:, None, :, None, None, None]  # [B, 1, K, 1, 1, 1]
+                else:
+                    chunk, filled = x_line[:, c * K : c * K + K - 1], filled[:, : K - 1, None]  # [B, K-1, F]
+                chunk = torch.where(filled, chunk, torch.zeros_like(chunk))
+                final_segment = torch.where(ends_inside.view(-1, *[1] * (chunk.ndim - 1)), chunk, final_segment)
 
         y_line = torch.cat(y_chunks, 1)  # [B, S, D]
         index = (p[:, None] + torch.arange(T, device=x.device)[None]).clamp(max=y_line.shape[1] - 1)
         y = torch.gather(y_line, 1, index[..., None].expand(-1, -1, D))
-        return y, ELMURState(memory, memory_time, final_cache, state.step + lengths)
+        if use_cache:
+            return y, ELMURState(memory, memory_time, final_segment, state.step + lengths)
+        return y, ELMURState(memory, memory_time, None, state.step + lengths, tokens=final_segment)

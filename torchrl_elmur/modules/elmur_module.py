@@ -1,7 +1,7 @@
 """ELMURModule: the ELMUR backbone as a TorchRL recurrent module, a drop-in for GRUModule/LSTMModule."""
 from __future__ import annotations
 
-import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -9,15 +9,61 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key, unravel_key_list
 from torch import Tensor
-from torchrl.data import Unbounded
+from torchrl.data import Composite, Unbounded
 from torchrl.envs.transforms import TensorDictPrimer
 from torchrl.modules import recurrent_mode as _global_recurrent_mode
 
 from ..core import ELMURBackbone, ELMURConfig, ELMURState
-from ..core.state import check_tensor
+from ..core.state import LAYOUTS, check_tensor
 from .trajectories import trajectory_layout
 
-STATE_FIELDS = tuple(f.name for f in dataclasses.fields(ELMURState))  # memory, memory_time, cache, step: key order
+DEFAULT_STATE_KEY = "recurrent_state"  # as GRUModule's
+
+
+def state_groups(layout: str, n_keys: int) -> list[tuple[str, ...]]:
+    """Which state fields each of ``n_keys`` state keys holds: one key holds them all (GRUModule's
+    layout); two keys (LSTMModule's ``h, c`` layout) hold the long-term memory and the current segment.
+
+    Examples:
+        >>> state_groups("tokens", 1)
+        [('memory', 'memory_time', 'tokens', 'step')]
+        >>> state_groups("cache", 2)
+        [('memory', 'memory_time'), ('cache', 'step')]
+    """
+    names = ELMURState.field_names(layout)
+    if n_keys == 1:
+        return [names]
+    if n_keys == 2:
+        return [names[:2], names[2:]]
+    raise ValueError(f"state_groups: ELMUR's state goes under 1 or 2 keys, received {n_keys}.")
+
+
+# GRUModule / LSTMModule keywords that describe an RNN: the value that is true of ELMUR too (None: none
+# is) and what ELMUR does instead. A matching value is accepted (it states what ELMUR does anyway).
+RNN_KEYWORDS: dict[str, tuple[object, str]] = {
+    "bias": (True, "ELMUR's linear layers always have biases"),
+    "batch_first": (True, "ELMURModule is batch-first (time is the tensordict's last batch dim), as GRUModule"),
+    "bidirectional": (False, "ELMUR is causal: a step sees only the past"),
+    "proj_size": (0, "the output width is hidden_size; put a Linear after the module to project it"),
+    "python_based": (None, "ELMUR is pure PyTorch already (no cuDNN kernel to avoid); like every attention "
+                           "model here it still does not run under torch.vmap (see ELMURModule's note)"),
+    "recurrent_backend": (None, "recurrent mode always runs ELMUR's segment-parallel sequence path"),
+    "recurrent_compute_dtype": (None, "ELMUR computes in its parameters' dtype: call .double() / .to(dtype) on the module"),
+    "recurrent_recompute": (None, "ELMUR has no recompute option; pass segment_len=... to bound a call's memory"),
+    "recurrent_matmul_precision": (None, "use torch.backends.cuda.matmul / torch.set_float32_matmul_precision"),
+    "gru": (None, "ELMURModule builds its own backbone: pass config=ELMURConfig(...) or the size arguments"),
+    "lstm": (None, "ELMURModule builds its own backbone: pass config=ELMURConfig(...) or the size arguments"),
+}
+
+
+def _check_rnn_keywords(fields: dict) -> None:
+    for name in [k for k in fields if k in RNN_KEYWORDS]:
+        allowed, instead = RNN_KEYWORDS[name]
+        value = fields.pop(name)
+        if allowed is None or value != allowed:
+            accepted = "" if allowed is None else f" (only {name}={allowed!r} is accepted)"
+            raise ValueError(f"ELMURModule: {name}={value!r} is a GRUModule/LSTMModule option with no ELMUR "
+                             f"counterpart{accepted}: {instead}. Remove it from the call.")
 
 
 class ELMURModule(TensorDictModuleBase):
@@ -28,22 +74,35 @@ class ELMURModule(TensorDictModuleBase):
     state keys in the TensorDict, exactly as :class:`~torchrl.modules.GRUModule` keeps its hidden
     state. Collectors, replay buffers and losses drive it unchanged.
 
-    Recurrent state keys (``<p>`` = ``state_prefix``, default ``"elmur"``; per environment):
+    Recurrent state: one key (default ``"recurrent_state"``, as GRUModule) holding a TensorDict
+    with the ELMUR state of each environment (``[*B]`` batch dims, then):
 
-    ========================  ================================  =========================================
-    key                       shape, dtype                       meaning
-    ========================  ================================  =========================================
-    ``<p>_memory``            ``[*B, L, M, D]`` float            layer memory (zeros in empty slots)
-    ``<p>_memory_time``       ``[*B, L, M]`` int64               LRU timestamps: 0 = empty, else 1 + the
-                                                                 episode step of the last step of the
-                                                                 segment that wrote the slot
-    ``<p>_cache``             ``[*B, H, K, L, 3, D/H]`` float    keys, values, layer outputs of the current
-                                                                 segment's earlier tokens
-    ``<p>_step``              ``[*B, 1]`` int64                  episode step of the next token
-    ========================  ================================  =========================================
+    =================  ===================================  ============================================
+    field              shape, dtype                         meaning
+    =================  ===================================  ============================================
+    ``memory``         ``[*B, L, M, D]`` float              layer memory (zeros in empty slots)
+    ``memory_time``    ``[*B, L, M]`` int64                 LRU timestamps: 0 = empty, else 1 + the
+                                                            episode step of the last step of the
+                                                            segment that wrote the slot
+    ``tokens``         ``[*B, K-1, F]`` float               the current segment's earlier inputs
+                                                            (``state_layout="tokens"``, the default)
+    ``cache``          ``[*B, H, K, L, 3, D/H]`` float      or their keys, values and layer outputs
+                                                            (``state_layout="cache"``)
+    ``step``           ``[*B, 1]`` int64                    episode step of the next token
+    =================  ===================================  ============================================
 
-    All zeros is a fresh episode. ``in_keys = [value, *state keys, "is_init"]`` and
-    ``out_keys = [output, *("next", state key)]``.
+    All zeros is a fresh episode. ``in_keys = [value, state key, "is_init"]`` and
+    ``out_keys = [output, ("next", state key)]``, as GRUModule. Two state keys (LSTMModule's
+    ``h, c`` layout: ``in_keys=[value, k1, k2]``) split the state into the memory
+    (``memory, memory_time``) and the current segment (``tokens`` or ``cache``, ``step``).
+
+    ``state_layout`` trades storage for compute, with the same outputs (to float rounding):
+    ``"tokens"`` keeps the segment's inputs, and each step recomputes the segment so far
+    (<= K tokens of work); ``"cache"`` keeps keys, values and outputs, and each step does one
+    token's work, for 6.6x the bytes at T-Maze size (D = F = 128, L = 2, K = 10, M = 2: 6.7 KB
+    against 32.8 KB per state; a collected or stored transition holds the state twice, at the
+    root and under ``"next"``). Store with ``"tokens"`` (replay buffers, collectors); evaluate
+    with ``"cache"`` where nothing is stored (:meth:`with_state_layout`).
 
     Args:
         input_size: width F of the value (projected to ``hidden_size`` if it differs).
@@ -53,15 +112,25 @@ class ELMURModule(TensorDictModuleBase):
     Keyword Args:
         num_heads, memory_slots, segment_len, lru_blend: H, M, K, lambda (defaults: ELMURConfig's).
         config: an :class:`ELMURConfig`, exclusive with the size arguments above.
-        in_key / in_keys: the value key (state keys then come from ``state_prefix``), or the full
-            list ``[value, memory, memory_time, cache, step]`` (``"is_init"`` is appended).
-        out_key / out_keys: the output key, or ``[output, ("next", memory), ..., ("next", step)]``.
-        state_prefix: prefix of the default state keys; give an actor and a critic in one
-            tensordict different prefixes.
+        in_key / in_keys: the value key (the state key is then ``state_key``), or the full list
+            ``[value, state key]`` or ``[value, k1, k2]`` (``"is_init"`` is appended if absent).
+        out_key / out_keys: the output key (the next state then goes to ``("next", state key)``),
+            or ``[output, ("next", state key), ...]``.
+        state_key: the state key used with ``in_key`` (default ``"recurrent_state"``); give an
+            actor and a critic in one tensordict different keys.
+        state_layout: ``"tokens"`` (default) or ``"cache"``, see above.
         device: where the weights are created.
         default_recurrent_mode: recurrent mode when no :func:`torchrl.modules.set_recurrent_mode`
             context is active (default ``False``: step mode).
         **config_fields: any other :class:`ELMURConfig` field (``dropout``, ``write_rule``, ...).
+            ``dropout`` is ELMUR's (residual branches and feed-forward nets; unlike GRU's it
+            acts with one layer too). GRUModule/LSTMModule options that have no ELMUR
+            counterpart (``recurrent_backend``, ``python_based``, ``bidirectional=True``, ...)
+            raise an error saying what ELMUR does instead.
+
+    Widths: any ``hidden_size >= 1``. Without ``num_heads`` (and without ``config``), H is
+    ELMURConfig's default where it divides ``hidden_size`` and their gcd otherwise (1 for odd
+    widths).
 
     Modes (read from :func:`torchrl.modules.recurrent_mode` on every call):
 
@@ -84,12 +153,13 @@ class ELMURModule(TensorDictModuleBase):
         >>> from tensordict import TensorDict
         >>> from torchrl.modules import set_recurrent_mode
         >>> module = ELMURModule(input_size=3, hidden_size=16, num_heads=2, segment_len=4, in_key="obs", out_key="h")
-        >>> module.in_keys
-        ['obs', 'elmur_memory', 'elmur_memory_time', 'elmur_cache', 'elmur_step', 'is_init']
+        >>> module.in_keys, module.out_keys
+        (['obs', 'recurrent_state', 'is_init'], ['h', ('next', 'recurrent_state')])
         >>> td = TensorDict({"obs": torch.randn(2, 3), "is_init": torch.ones(2, 1, dtype=torch.bool)}, [2])
         >>> td = module(td)
-        >>> td["h"].shape, td["next", "elmur_memory"].shape, td["next", "elmur_step"].squeeze(-1).tolist()
-        (torch.Size([2, 16]), torch.Size([2, 2, 2, 16]), [1, 1])
+        >>> state = td["next", "recurrent_state"]
+        >>> td["h"].shape, state["memory"].shape, state["tokens"].shape, state["step"].squeeze(-1).tolist()
+        (torch.Size([2, 16]), torch.Size([2, 2, 2, 16]), torch.Size([2, 3, 3]), [1, 1])
         >>> seq = TensorDict({"obs": torch.randn(2, 9, 3), "is_init": torch.zeros(2, 9, 1, dtype=torch.bool)}, [2, 9])
         >>> with set_recurrent_mode(True):
         ...     seq = module(seq)
@@ -112,17 +182,22 @@ class ELMURModule(TensorDictModuleBase):
         in_keys: Sequence[NestedKey] | None = None,
         out_key: NestedKey | None = None,
         out_keys: Sequence[NestedKey] | None = None,
-        state_prefix: str = "elmur",
+        state_key: NestedKey = DEFAULT_STATE_KEY,
+        state_layout: str = "tokens",
         device: torch.device | str | None = None,
         default_recurrent_mode: bool | None = None,
         **config_fields,
     ) -> None:
         super().__init__()
+        _check_rnn_keywords(config_fields)
+        if state_layout not in LAYOUTS:
+            raise ValueError(f"ELMURModule: state_layout={state_layout!r} is invalid: expected one of {LAYOUTS}.")
         self.config = self._make_config(
             config, dict(input_size=input_size, d_model=hidden_size, num_layers=num_layers, num_heads=num_heads,
                          memory_slots=memory_slots, segment_len=segment_len, lru_blend=lru_blend), config_fields
         )
-        self.in_keys, self.out_keys = self._make_keys(in_key, in_keys, out_key, out_keys, state_prefix)
+        self.state_layout = state_layout
+        self.in_keys, self.out_keys = self._make_keys(in_key, in_keys, out_key, out_keys, state_key)
         self.backbone = ELMURBackbone(self.config)
         if device is not None:
             self.backbone.to(device)
@@ -143,30 +218,39 @@ class ELMURModule(TensorDictModuleBase):
             return config
         if "d_model" not in given:
             raise ValueError("ELMURModule: hidden_size is required (or pass config=ELMURConfig(...)).")
+        if "num_heads" not in given and isinstance(given["d_model"], int) and given["d_model"] >= 1:
+            given["num_heads"] = math.gcd(ELMURConfig.num_heads, given["d_model"])  # any width works, as GRUModule's
         return ELMURConfig(**{**given, **fields})
 
     @staticmethod
-    def _make_keys(in_key, in_keys, out_key, out_keys, prefix: str) -> tuple[list, list]:
+    def _key_list(name: str, keys) -> list:
+        if isinstance(keys, str) or not isinstance(keys, Sequence):  # as GRUModule: a string is not a key list
+            hint = f" (did you mean {name[:-1]}={keys!r}?)" if isinstance(keys, str) else ""
+            raise ValueError(f"ELMURModule: {name} must be a list of keys, received {type(keys).__name__} {keys!r}{hint}.")
+        return unravel_key_list(list(keys))
+
+    @staticmethod
+    def _make_keys(in_key, in_keys, out_key, out_keys, state_key) -> tuple[list, list]:
         if (in_key is None) == (in_keys is None):
             raise ValueError(f"ELMURModule: give exactly one of in_key or in_keys; received in_key={in_key!r}, in_keys={in_keys!r}.")
         if (out_key is None) == (out_keys is None):
             raise ValueError(f"ELMURModule: give exactly one of out_key or out_keys; received out_key={out_key!r}, out_keys={out_keys!r}.")
-        n = 1 + len(STATE_FIELDS)
-        if in_keys is None:
-            in_keys = [in_key, *(f"{prefix}_{name}" for name in STATE_FIELDS)]
-        in_keys = unravel_key_list(list(in_keys))
-        if in_keys[-1] == "is_init":
+        in_keys = [in_key, state_key] if in_keys is None else ELMURModule._key_list("in_keys", in_keys)
+        in_keys = unravel_key_list(in_keys)
+        if in_keys and in_keys[-1] == "is_init":
             in_keys = in_keys[:-1]
-        if len(in_keys) != n:
+        if len(in_keys) not in (2, 3) or "is_init" in in_keys:
             raise ValueError(
-                f"ELMURModule: in_keys must be [value, memory, memory_time, cache, step] (+ 'is_init'); received {in_keys}."
+                "ELMURModule: in_keys must be [value, state] or [value, state_1, state_2] (+ 'is_init' last), as "
+                f"GRUModule / LSTMModule; received {in_keys}."
             )
         if out_keys is None:
             out_keys = [out_key, *(("next", *(k if isinstance(k, tuple) else (k,))) for k in in_keys[1:])]
-        out_keys = unravel_key_list(list(out_keys))
-        if len(out_keys) != n:
+        out_keys = ELMURModule._key_list("out_keys", out_keys)
+        if len(out_keys) != len(in_keys):
             raise ValueError(
-                f"ELMURModule: out_keys must be [output, ('next', memory), ..., ('next', step)]; received {out_keys}."
+                f"ELMURModule: out_keys must be [output, *('next', state key)] with one next key per state key of "
+                f"in_keys={in_keys}; received {out_keys}."
             )
         return [*in_keys, "is_init"], out_keys
 
@@ -188,10 +272,23 @@ class ELMURModule(TensorDictModuleBase):
         return self.backbone.dtype
 
     def state_feature_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Per-environment shape and dtype of each state field (no batch dims); the step counter
-        gets a trailing dim of 1 in the TensorDict (``[*B, 1]``, like ``is_init``)."""
-        specs = ELMURState.field_specs(self.config, self.dtype)
+        """Per-environment shape and dtype of each state field (no batch dims), in field order; the
+        step counter gets a trailing dim of 1 in the TensorDict (``[*B, 1]``, like ``is_init``)."""
+        specs = ELMURState.field_specs(self.config, self.dtype, self.state_layout)
         return {name: (shape or (1,), dtype) for name, (shape, dtype) in specs.items()}
+
+    def _groups(self) -> list[tuple[NestedKey, NestedKey, tuple[str, ...]]]:
+        """``(state key, next state key, fields)`` per state key."""
+        groups = state_groups(self.state_layout, len(self.state_keys))
+        return list(zip(self.state_keys, self.next_state_keys, groups))
+
+    def state_spec(self) -> Composite:
+        """The state keys' specs without batch dims: one :class:`~torchrl.data.Composite` per state key."""
+        feats = self.state_feature_shapes()
+        return Composite({
+            key: Composite({name: Unbounded(shape=feats[name][0], dtype=feats[name][1]) for name in names}, shape=())
+            for key, _, names in self._groups()
+        })
 
     def make_tensordict_primer(self) -> TensorDictPrimer:
         """A :class:`~torchrl.envs.transforms.TensorDictPrimer` that declares the state keys to the env
@@ -202,11 +299,22 @@ class ELMURModule(TensorDictModuleBase):
                     f"ELMURModule.make_tensordict_primer: out state key {next_key!r} must be ('next', {key!r}); "
                     f"received in_keys={self.in_keys}, out_keys={self.out_keys}."
                 )
-        specs = {
-            key: Unbounded(shape=shape, dtype=dtype)
-            for key, (shape, dtype) in zip(self.state_keys, self.state_feature_shapes().values())
-        }
-        return TensorDictPrimer(specs, expand_specs=True)
+        return TensorDictPrimer(self.state_spec(), expand_specs=True)
+
+    def with_state_layout(self, layout: str) -> "ELMURModule":
+        """This module with another ``state_layout``, sharing its weights (same keys, same outputs).
+
+        E.g. train and collect with ``"tokens"``, then evaluate with ``"cache"`` (fast steps): the
+        evaluation env needs the new module's primer (:meth:`make_tensordict_primer`).
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"ELMURModule.with_state_layout: layout={layout!r} is invalid: expected one of {LAYOUTS}.")
+        other = ELMURModule(config=self.config, in_keys=self.in_keys, out_keys=self.out_keys, state_layout=layout,
+                            default_recurrent_mode=self._recurrent_mode)
+        other.backbone = self.backbone
+        if self._compile_mode is not None:
+            other.compile_step(self._compile_mode)
+        return other
 
     # ------------------------------------------------------------------ compiled step mode
     def compile_step(self, mode: str | None = "reduce-overhead") -> "ELMURModule":
@@ -222,6 +330,9 @@ class ELMURModule(TensorDictModuleBase):
         Returns:
             ``self``.
         """
+        if mode is not None and self.state_layout != "cache":
+            raise ValueError("ELMURModule.compile_step: the compiled step needs state_layout='cache', received "
+                             f"{self.state_layout!r}: use module.with_state_layout('cache').compile_step().")
         self._compile_mode = mode
         self._compiled_step = None if mode is None else self.backbone.compiled_step(mode)
         return self
@@ -284,29 +395,47 @@ class ELMURModule(TensorDictModuleBase):
             raise ValueError(f"ELMURModule: 'is_init' must have shape {[*td.batch_size, 1]}, received {list(is_init.shape)}.")
         return is_init.bool()
 
-    def _state_tensors(self, td: TensorDictBase) -> list[Tensor | None]:
-        """The stored state tensors ``[*batch, *feature]`` (None where a key is missing: fresh)."""
-        tensors = []
-        for key, (shape, dtype) in zip(self.state_keys, self.state_feature_shapes().values()):
-            value = td.get(key, None)
-            if value is not None:
-                check_tensor(f"ELMURModule: state {key!r}", value, (*td.batch_size, *shape), dtype,
-                             hint=" (a state from another config?)")
-            tensors.append(value)
+    def _state_tensors(self, td: TensorDictBase) -> dict[str, Tensor | None]:
+        """The stored state fields ``[*batch, *feature]`` (None where a state key is missing: fresh)."""
+        feats = self.state_feature_shapes()
+        tensors: dict[str, Tensor | None] = {}
+        for key, _, names in self._groups():
+            sub = td.get(key, None)
+            if sub is None:
+                tensors.update(dict.fromkeys(names))
+                continue
+            if not isinstance(sub, TensorDictBase):
+                raise ValueError(
+                    f"ELMURModule: state {key!r} must be a TensorDict with fields {list(names)} (ELMUR's state, "
+                    f"see ELMURModule's docstring), received {type(sub).__name__}"
+                    f"{' of shape ' + str(list(sub.shape)) if isinstance(sub, Tensor) else ''}. Declare it with "
+                    "module.make_tensordict_primer(), or leave the key out for a fresh state."
+                )
+            for name in names:
+                value = sub.get(name, None)
+                if value is None:
+                    raise KeyError(f"ELMURModule: state {key!r} has no field {name!r} (fields: {list(sub.keys())}; "
+                                   f"expected {list(names)} for state_layout={self.state_layout!r}).")
+                shape, dtype = feats[name]
+                check_tensor(f"ELMURModule: state {key!r} field {name!r}", value, (*td.batch_size, *shape), dtype,
+                             hint=" (a state from another config or state_layout?)")
+                tensors[name] = value
         return tensors
 
-    def _to_state(self, tensors: list[Tensor | None], batch: int, device) -> ELMURState:
-        """An :class:`ELMURState` of ``batch`` rows from stored tensors (zeros where missing)."""
-        if any(t is None for t in tensors):
-            fresh = ELMURState.zeros(self.config, batch, dtype=self.dtype, device=device)
-            tensors = [getattr(fresh, name) if t is None else t for name, t in zip(STATE_FIELDS, tensors)]
-        shapes = ELMURState.shapes(self.config, batch)
-        return ELMURState(**{name: t.reshape(shapes[name]) for name, t in zip(STATE_FIELDS, tensors)})
+    def _to_state(self, tensors: dict[str, Tensor | None], batch: int, device) -> ELMURState:
+        """An :class:`ELMURState` of ``batch`` rows from stored fields (zeros where missing)."""
+        if any(t is None for t in tensors.values()):
+            fresh = ELMURState.zeros(self.config, batch, dtype=self.dtype, device=device, layout=self.state_layout)
+            tensors = {name: getattr(fresh, name) if t is None else t for name, t in tensors.items()}
+        shapes = ELMURState.shapes(self.config, batch, self.state_layout)
+        return ELMURState(**{name: t.reshape(shapes[name]) for name, t in tensors.items()})
 
-    def _write(self, td: TensorDictBase, output: Tensor, state_fields: list[Tensor]) -> TensorDictBase:
+    def _write(self, td: TensorDictBase, output: Tensor, fields: dict[str, Tensor]) -> TensorDictBase:
         td.set(self.out_keys[0], output)
-        for key, value in zip(self.next_state_keys, state_fields):
-            td.set(key, value)
+        for _, next_key, names in self._groups():
+            prefix = next_key if isinstance(next_key, tuple) else (next_key,)
+            for name in names:
+                td.set((*prefix, name), fields[name])
         return td
 
     # ------------------------------------------------------------------ forward
@@ -325,10 +454,8 @@ class ELMURModule(TensorDictModuleBase):
         compiled = self._compiled_step is not None and not torch.is_grad_enabled()
         y, new = (self._compiled_step if compiled else self.backbone.step)(value, state)
         feats = self.state_feature_shapes()
-        return self._write(
-            td, y.reshape(*shape, -1),
-            [getattr(new, name).reshape(*shape, *feats[name][0]) for name in STATE_FIELDS],
-        )
+        return self._write(td, y.reshape(*shape, -1),
+                           {name: t.reshape(*shape, *feats[name][0]) for name, t in new.fields().items()})
 
     def _forward_recurrent(self, td: TensorDictBase) -> TensorDictBase:
         if td.ndim == 0:
@@ -337,15 +464,16 @@ class ELMURModule(TensorDictModuleBase):
         n, t = shaped.shape
         value, is_init = self._value(shaped), self._is_init(shaped)
         layout = trajectory_layout(is_init)
-        stored = [None if s is None else s.reshape(n * t, *s.shape[2:])[layout.starts] for s in self._state_tensors(shaped)]
+        stored = {name: None if s is None else s.reshape(n * t, *s.shape[2:])[layout.starts]
+                  for name, s in self._state_tensors(shaped).items()}
         start_state = self._to_state(stored, len(layout.starts), value.device)
         x = value.reshape(n * t, -1)[layout.gather]  # [S, T_max, F]
         y, final = self.backbone(x, start_state, layout.lengths)  # [S, T_max, D]
         y = y[layout.valid]  # [N * T, D]: trajectories are contiguous and in row-major order
         feats = self.state_feature_shapes()
-        next_fields = []
-        for name in STATE_FIELDS:
-            final_value = getattr(final, name).reshape(len(layout.starts), *feats[name][0])
+        next_fields = {}
+        for name, final_value in final.fields().items():
+            final_value = final_value.reshape(len(layout.starts), *feats[name][0])
             at_ends = final_value.new_zeros(n * t, *feats[name][0]).index_copy(0, layout.ends, final_value)
-            next_fields.append(at_ends.reshape(*td.batch_size, *feats[name][0]))
+            next_fields[name] = at_ends.reshape(*td.batch_size, *feats[name][0])
         return self._write(td, y.reshape(*td.batch_size, -1), next_fields)

@@ -59,8 +59,8 @@ def carry_state(chunk: TensorDictBase, previous: TensorDictBase, pairs: list[tup
     episode starts inside the chunk)."""
     chunk = chunk.copy()
     for key, next_key in pairs:
-        final = previous.get(next_key)[:, -1]  # [B, *feature]
-        stored = torch.zeros((*chunk.batch_size, *final.shape[1:]), dtype=final.dtype, device=final.device)
+        final = previous.get(next_key)[:, -1]  # [B, *feature] (a tensor, or ELMUR's state TensorDict [B])
+        stored = final.unsqueeze(1).expand(*chunk.batch_size, *final.shape[1:]).clone().zero_()  # [B, T, *feature]
         stored[:, 0] = final
         chunk.set(key, stored)
     return chunk
