@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from tensordict import TensorDictBase
@@ -102,7 +103,7 @@ class ELMURModule(TensorDictModuleBase):
     token's work, for 6.6x the bytes at T-Maze size (D = F = 128, L = 2, K = 10, M = 2: 6.7 KB
     against 32.8 KB per state; a collected or stored transition holds the state twice, at the
     root and under ``"next"``). Store with ``"tokens"`` (replay buffers, collectors); evaluate
-    with ``"cache"`` where nothing is stored (:meth:`with_state_layout`).
+    with ``"cache"`` where nothing is stored (:func:`set_state_layout`).
 
     Args:
         input_size: width F of the value (projected to ``hidden_size`` if it differs).
@@ -190,8 +191,7 @@ class ELMURModule(TensorDictModuleBase):
     ) -> None:
         super().__init__()
         _check_rnn_keywords(config_fields)
-        if state_layout not in LAYOUTS:
-            raise ValueError(f"ELMURModule: state_layout={state_layout!r} is invalid: expected one of {LAYOUTS}.")
+        self._compile_mode: str | None = None  # set by compile_step
         self.config = self._make_config(
             config, dict(input_size=input_size, d_model=hidden_size, num_layers=num_layers, num_heads=num_heads,
                          memory_slots=memory_slots, segment_len=segment_len, lru_blend=lru_blend), config_fields
@@ -202,7 +202,6 @@ class ELMURModule(TensorDictModuleBase):
         if device is not None:
             self.backbone.to(device)
         self._recurrent_mode = default_recurrent_mode
-        self._compile_mode: str | None = None  # set by compile_step
         self._compiled_step = None
 
     # ------------------------------------------------------------------ construction
@@ -226,7 +225,7 @@ class ELMURModule(TensorDictModuleBase):
     def _key_list(name: str, keys) -> list:
         if isinstance(keys, str) or not isinstance(keys, Sequence):  # as GRUModule: a string is not a key list
             hint = f" (did you mean {name[:-1]}={keys!r}?)" if isinstance(keys, str) else ""
-            raise ValueError(f"ELMURModule: {name} must be a list of keys, received {type(keys).__name__} {keys!r}{hint}.")
+            raise TypeError(f"ELMURModule: {name} must be a list of keys, received {type(keys).__name__} {keys!r}{hint}.")
         return unravel_key_list(list(keys))
 
     @staticmethod
@@ -301,20 +300,19 @@ class ELMURModule(TensorDictModuleBase):
                 )
         return TensorDictPrimer(self.state_spec(), expand_specs=True)
 
-    def with_state_layout(self, layout: str) -> "ELMURModule":
-        """This module with another ``state_layout``, sharing its weights (same keys, same outputs).
+    @property
+    def state_layout(self) -> str:
+        """``"tokens"`` or ``"cache"`` (see the class docstring); :func:`set_state_layout` changes it for a while."""
+        return self._state_layout
 
-        E.g. train and collect with ``"tokens"``, then evaluate with ``"cache"`` (fast steps): the
-        evaluation env needs the new module's primer (:meth:`make_tensordict_primer`).
-        """
+    @state_layout.setter
+    def state_layout(self, layout: str) -> None:
         if layout not in LAYOUTS:
-            raise ValueError(f"ELMURModule.with_state_layout: layout={layout!r} is invalid: expected one of {LAYOUTS}.")
-        other = ELMURModule(config=self.config, in_keys=self.in_keys, out_keys=self.out_keys, state_layout=layout,
-                            default_recurrent_mode=self._recurrent_mode)
-        other.backbone = self.backbone
-        if self._compile_mode is not None:
-            other.compile_step(self._compile_mode)
-        return other
+            raise ValueError(f"ELMURModule: state_layout={layout!r} is invalid: expected one of {LAYOUTS}.")
+        if layout != "cache" and getattr(self, "_compile_mode", None) is not None:
+            raise ValueError(f"ELMURModule: state_layout={layout!r} with a compiled step: the compiled step needs "
+                             "'cache'; call compile_step(None) first.")
+        self._state_layout = layout
 
     # ------------------------------------------------------------------ compiled step mode
     def compile_step(self, mode: str | None = "reduce-overhead") -> "ELMURModule":
@@ -332,7 +330,7 @@ class ELMURModule(TensorDictModuleBase):
         """
         if mode is not None and self.state_layout != "cache":
             raise ValueError("ELMURModule.compile_step: the compiled step needs state_layout='cache', received "
-                             f"{self.state_layout!r}: use module.with_state_layout('cache').compile_step().")
+                             f"{self.state_layout!r}: build the module with state_layout='cache' (or set it first).")
         self._compile_mode = mode
         self._compiled_step = None if mode is None else self.backbone.compiled_step(mode)
         return self
@@ -477,3 +475,32 @@ class ELMURModule(TensorDictModuleBase):
             at_ends = final_value.new_zeros(n * t, *feats[name][0]).index_copy(0, layout.ends, final_value)
             next_fields[name] = at_ends.reshape(*td.batch_size, *feats[name][0])
         return self._write(td, y.reshape(*td.batch_size, -1), next_fields)
+
+
+@contextmanager
+def set_state_layout(module: torch.nn.Module, layout: str):
+    """Within the block, every :class:`ELMURModule` inside ``module`` (a policy, a loss...) uses
+    ``state_layout=layout``; the previous layouts come back after it. Weights are shared, and the
+    outputs are the same to float rounding.
+
+    For evaluation loops that store nothing: ``"cache"`` steps do one token's work where
+    ``"tokens"`` steps recompute the segment so far. Build the env's primers inside the block
+    (the state specs follow the layout).
+
+    Examples:
+        >>> m = ELMURModule(3, 8, num_heads=2, in_key="x", out_key="y")
+        >>> with set_state_layout(m, "cache"):
+        ...     m.state_layout, sorted(m.state_spec()["recurrent_state"].keys())
+        ('cache', ['cache', 'memory', 'memory_time', 'step'])
+        >>> m.state_layout
+        'tokens'
+    """
+    modules = [m for m in module.modules() if isinstance(m, ELMURModule)]
+    previous = [m.state_layout for m in modules]
+    try:
+        for m in modules:
+            m.state_layout = layout
+        yield module
+    finally:
+        for m, old in zip(modules, previous):
+            m.state_layout = old

@@ -1,5 +1,6 @@
 """Losses and value estimators."""
 from .recurrent_td0 import RecurrentTD0Estimator
 from .sequence_cross_entropy import SequenceCrossEntropyLoss
+from .slice_starts import mark_next_slice_starts
 
-__all__ = ["RecurrentTD0Estimator", "SequenceCrossEntropyLoss"]
+__all__ = ["RecurrentTD0Estimator", "SequenceCrossEntropyLoss", "mark_next_slice_starts"]

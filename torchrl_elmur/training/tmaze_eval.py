@@ -15,6 +15,7 @@ from torchrl.modules.utils import get_primers_from_module
 from tqdm import tqdm
 
 from ..envs import TMazeEnv
+from ..modules import set_state_layout
 
 
 def episodes_error(counts: dict[str, int]) -> str | None:
@@ -43,7 +44,8 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
     policy's recurrent state is registered with its primers (``get_primers_from_module``) and
     carried by ``step_mdp``; a plain reset/step loop is used rather than ``env.rollout``, which
     would keep every step's (large) state in memory. Cost: ``corridor_length + 2`` policy steps
-    on a batch of ``episodes``, whatever the memory module.
+    on a batch of ``episodes``, whatever the memory module. Nothing is stored, so ELMURModules
+    step with ``state_layout="cache"`` (one token's work per step; same outputs) during the loop.
 
     Args:
         policy: reads ``observation`` (and its state keys, ``is_init``), writes ``action``
@@ -57,6 +59,11 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
     error = episodes_error({"episodes": episodes})
     if error:
         raise ValueError(f"tmaze_success_rate: {error}.")
+    with set_state_layout(policy, "cache"):  # the fast step: this loop stores no state
+        return _success_rate(policy, corridor_length, episodes, seed, device, progress, greedy, on_step)
+
+
+def _success_rate(policy, corridor_length, episodes, seed, device, progress, greedy, on_step) -> float:
     primers = get_primers_from_module(policy)
     env = TMazeEnv(corridor_length, batch_size=[episodes], goal_sides="balanced", seed=seed, device=device)
     env = TransformedEnv(env, Compose(InitTracker(), primers) if primers is not None else InitTracker())
