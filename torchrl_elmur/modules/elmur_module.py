@@ -92,7 +92,8 @@ class ELMURModule(TensorDictModuleBase):
     ``step``           ``[*B, 1]`` int64                    episode step of the next token
     =================  ===================================  ============================================
 
-    All zeros is a fresh episode. ``in_keys = [value, state key, "is_init"]`` and
+    All zeros is a fresh episode (so is a missing state key, or a plain tensor of zeros in its
+    place, as code written for GRUModule initialises it). ``in_keys = [value, state key, "is_init"]`` and
     ``out_keys = [output, ("next", state key)]``, as GRUModule. Two state keys (LSTMModule's
     ``h, c`` layout: ``in_keys=[value, k1, k2]``) split the state into the memory
     (``memory, memory_time``) and the current segment (``tokens`` or ``cache``, ``step``).
@@ -400,6 +401,9 @@ class ELMURModule(TensorDictModuleBase):
         for key, _, names in self._groups():
             sub = td.get(key, None)
             if sub is None:
+                tensors.update(dict.fromkeys(names))
+                continue
+            if isinstance(sub, Tensor) and not bool(sub.any()):  # an RNN-style zero hidden state: a fresh episode
                 tensors.update(dict.fromkeys(names))
                 continue
             if not isinstance(sub, TensorDictBase):
