@@ -61,8 +61,9 @@ SIZES = {
 
 def make_memory(kind: str, size: str, obs_dim: int) -> nn.Module:
     cfg = SIZES[size]
-    if kind == "elmur":
-        return ELMURModule(config=cfg.replace(input_size=obs_dim), in_key="observation", out_key="embed")
+    if kind.startswith("elmur"):  # "elmur": state_layout="tokens" (the default), "elmur-cache": "cache"
+        return ELMURModule(config=cfg.replace(input_size=obs_dim), in_key="observation", out_key="embed",
+                           state_layout="cache" if kind == "elmur-cache" else "tokens")
     cls = {"gru": GRUModule, "lstm": LSTMModule}[kind]
     return cls(input_size=obs_dim, hidden_size=cfg.d_model, num_layers=cfg.num_layers, in_key="observation", out_key="embed")
 
@@ -103,7 +104,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [measure(kind, size, args) for size in SIZES for kind in ("elmur", "gru", "lstm")]
+    rows = [measure(kind, size, args) for size in SIZES for kind in ("elmur", "elmur-cache", "gru", "lstm")]
     print(f"\nCollector throughput on {args.env} x{args.num_envs}, {args.frames_per_batch * args.batches} timed frames, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for r in rows:

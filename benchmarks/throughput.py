@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of, format_table, machine, state_bytes_per_env, write_csv  # noqa: E402
 from step_cost import step_path_ms, window_recompute_ms  # noqa: E402
 
-from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402
+from torchrl_elmur import ELMURConfig, ELMURModule, set_state_layout  # noqa: E402
 
 D = 128
 
@@ -129,7 +129,9 @@ def main() -> None:
             row["elmur_step_ms"] = step_path_ms(net, batch, 10, rep, dev)
             row["elmur_inplace_ms"] = step_path_ms(net, batch, 10, rep, dev, functools.partial(net.step, inplace=True))
             row["elmur_step_ms_1e6"] = step_path_ms(net, batch, 10**6, rep, dev)
-            row["elmur_module_ms"] = module_step_ms(elmur, batch, 2 * K, rep, dev)
+            row["elmur_module_ms"] = module_step_ms(elmur, batch, 2 * K, rep, dev)  # state_layout="tokens" (default)
+            with set_state_layout(elmur, "cache"):
+                row["elmur_module_cache_ms"] = module_step_ms(elmur, batch, 2 * K, rep, dev)
             row["window_ms"] = window_recompute_ms(net, batch, rep, dev)
             for kind, module in baselines.items():
                 row[f"{kind}_module_ms"] = module_step_ms(module, batch, 2 * K, rep, dev)
@@ -163,6 +165,7 @@ def main() -> None:
 
     stream_cols = [("segment_len", "K", "d"), ("batch", "batch", "d"), ("elmur_step_ms", "ELMUR step ms", ".3f"),
                    ("elmur_inplace_ms", "in-place ms", ".3f"), ("elmur_module_ms", "ELMURModule ms", ".3f"),
+                   ("elmur_module_cache_ms", "ELMURModule cache-layout ms", ".3f"),
                    ("window_ms", "window ms", ".3f"), ("speedup_vs_window", "window/step", ".1f"),
                    ("inplace_speedup_vs_window", "window/in-place", ".1f"), ("gru_module_ms", "GRU ms", ".3f"),
                    ("lstm_module_ms", "LSTM ms", ".3f"), ("elmur_step_ms_1e6", "step ms @1e6", ".3f"),

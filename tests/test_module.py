@@ -108,10 +108,14 @@ class TestErrs:
         with pytest.raises(KeyError, match="state 'recurrent_state' has no field 'step'"):
             m(td)
         # an RNN's hidden state where ELMUR expects its own, and a state of the other layout
-        td["recurrent_state"] = torch.zeros(2, 1, 16, dtype=torch.float64)
+        td["recurrent_state"] = torch.ones(2, 1, 16, dtype=torch.float64)
         with pytest.raises(ValueError, match=re.escape("state 'recurrent_state' must be a TensorDict with fields "
                                                        "['memory', 'memory_time', 'tokens', 'step']")):
             m(td)
+        # zeros in an RNN's shape (how code written for GRUModule starts an episode): a fresh state
+        td["recurrent_state"] = torch.zeros(2, 1, 16, dtype=torch.float64)
+        fresh = TensorDict({"obs": td["obs"], "is_init": td["is_init"]}, [2])
+        torch.testing.assert_close(m(td.clone())["h"], m(fresh)["h"], rtol=0, atol=0)
         td["recurrent_state"] = make_module(state_layout="cache")(td.exclude("recurrent_state"))["next", "recurrent_state"]
         with pytest.raises(KeyError, match="no field 'tokens'.*state_layout='tokens'"):
             m(td)

@@ -62,6 +62,7 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
         ("benchmarks/tmaze_horizon.py", ["--lengths", "3", "5", "--eval-episodes", "2", "--train-steps", "1",
                                          "--checkpoints", "no-such-folder"], "tmaze_horizon"),
         ("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity"),
+        ("benchmarks/replay_bytes.py", ["--frames", "60", "--slice-len", "5"], "replay_bytes"),
         ("benchmarks/tmaze_fidelity.py", ["--variants", "published", "released", "--recipe", "released", "--steps", "2",
                                           "--episodes", "20", "--probe-every", "1", "--probe-episodes", "2",
                                           "--lengths", "3", "5", "--eval-episodes", "2", "--no-separation"],
@@ -75,6 +76,11 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
     assert json.loads(lines[-1])["benchmark"] == benchmark
     if benchmark == "tmaze_horizon":
         assert {p.name for p in tmp_path.iterdir()} >= {"tmaze_horizon.csv", "tmaze_horizon.md", "tmaze_horizon.png"}
+    if benchmark == "replay_bytes":  # every memory replays its stored slices exactly; the tokens layout is the smaller
+        rows = {r["memory"]: r for r in json.loads(lines[-1])["rows"]}
+        assert all(r["replay_max_abs_diff"] < 1e-4 for r in rows.values())
+        assert rows["elmur-tokens"]["bytes_per_transition"] < rows["elmur-cache"]["bytes_per_transition"] / 3
+        assert {p.name for p in tmp_path.iterdir()} >= {"replay_bytes.csv", "replay_bytes.md", "replay_bytes.png"}
     if benchmark == "tmaze_fidelity":
         rows = (tmp_path / "tmaze_fidelity.csv").read_text().splitlines()
         assert len(rows) == 3 and rows[1].startswith("published,0,released,2,")

@@ -120,8 +120,8 @@ def check_args(args: Args) -> str | None:
 # would be copied into every Q-network anyway, would be run once per network regardless, and
 # would train one memory on three objectives of different scales (weighted log-likelihood,
 # TD regression, expectile regression). So each network owns its encoder and memory, and its
-# recurrent state keys carry its own prefix (actor_*, qvalue_*, value_*): ELMURModule's
-# `state_prefix`, explicit state keys for LSTMModule/GRUModule. The critics are narrower than
+# recurrent state keys carry its own prefix (actor_*, qvalue_*, value_*): ELMURModule's one
+# `state_key`, explicit state keys for LSTMModule/GRUModule. The critics are narrower than
 # the actor (--critic-hidden) because only the actor is evaluated on long corridors.
 # ----------------------------------------------------------------------------------------------
 def make_memory(kind: str, args: Args, prefix: str, width: int) -> nn.Module:

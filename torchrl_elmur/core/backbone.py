@@ -311,16 +311,22 @@ class ELMURBackbone(nn.Module):
         slots = torch.arange(n_chunks * K, device=x.device)  # segment-aligned timeline
         src = slots[None] - p[:, None]  # [B, S]: token index at each timeline slot (<0: earlier in the segment)
         use_cache = state.layout == "cache"
+        h_in = self._input_tokens(x)  # [B, T, D]
         if use_cache:  # slots before p: their keys, values and outputs come from the cache
-            h_in = self._input_tokens(x)  # [B, T, D]
             gathered = torch.gather(h_in, 1, src.clamp(0, T - 1)[..., None].expand(-1, -1, D))
             h_line = torch.where(((src >= 0) & (src < T))[..., None], gathered, torch.zeros_like(gathered))
         else:  # slots before p: the stored tokens, recomputed with this call's tokens
-            x_all = torch.cat([state.tokens, x], 1)  # [B, K-1+T, F]: tokens[:, j] sits at slot j
-            index = torch.where(src < 0, slots[None], src + (K - 1)).clamp(max=x_all.shape[1] - 1)
-            x_line = torch.gather(x_all, 1, index[..., None].expand(-1, -1, x.shape[-1]))  # [B, S, F]
-            x_line = torch.where((src < T)[..., None], x_line, torch.zeros_like(x_line))
-            h_line = torch.where((src < T)[..., None], self._input_tokens(x_line), x_line.new_zeros(()))
+            index = torch.where(src < 0, slots[None], src + (K - 1))  # into [tokens, x]: tokens[:, j] sits at slot j
+            valid = (src < T)[..., None]
+            x_all = torch.cat([state.tokens, x], 1)  # [B, K-1+T, F]
+            x_line = torch.gather(x_all, 1, index.clamp(max=x_all.shape[1] - 1)[..., None].expand(-1, -1, x.shape[-1]))
+            x_line = torch.where(valid, x_line, torch.zeros_like(x_line))  # [B, S, F]: raw inputs, for the final state
+            # the prefix goes through the input projection only when there is one, so that a call from a
+            # segment boundary draws the same dropout masks as with the cache layout
+            h_prefix = self._input_tokens(state.tokens) if int(p.max()) > 0 else h_in.new_zeros(B, K - 1, D)
+            h_all = torch.cat([h_prefix, h_in], 1)  # [B, K-1+T, D]
+            gathered = torch.gather(h_all, 1, index.clamp(max=h_all.shape[1] - 1)[..., None].expand(-1, -1, D))
+            h_line = torch.where(valid, gathered, torch.zeros_like(gathered))
         stamp_line = (state.step - p)[:, None] + slots[None] + 1  # [B, S]
         end = p + lengths  # [B]: first timeline slot after each row's last token
         cached = (src < 0)[..., None]  # [B, S, 1]
@@ -343,6 +349,8 @@ class ELMURBackbone(nn.Module):
                 if first and use_cache:  # slots before p hold tokens of earlier calls: use their cache
                     k = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_KEY), k)
                     v = torch.where(cached_heads[:, :, window], layer_cache(state.cache, i, CACHE_VALUE), v)
+                elif first:  # the same memory layout as the line above: both layouts round alike
+                    k, v = k.contiguous(), v.contiguous()
                 h = layer.token_output(
                     h, q, (k, v, causal), self.u, self.v,
                     seen[:, i], stamps, memory_time[:, i], position_mask,

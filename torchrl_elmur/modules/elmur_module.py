@@ -101,7 +101,7 @@ class ELMURModule(TensorDictModuleBase):
     ``state_layout`` trades storage for compute, with the same outputs (to float rounding):
     ``"tokens"`` keeps the segment's inputs, and each step recomputes the segment so far
     (<= K tokens of work); ``"cache"`` keeps keys, values and outputs, and each step does one
-    token's work, for 6.6x the bytes at T-Maze size (D = F = 128, L = 2, K = 10, M = 2: 6.7 KB
+    token's work, for 4.9x the bytes at T-Maze size (D = F = 128, L = 2, K = 10, M = 2: 6.7 KB
     against 32.8 KB per state; a collected or stored transition holds the state twice, at the
     root and under ``"next"``). Store with ``"tokens"`` (replay buffers, collectors); evaluate
     with ``"cache"`` where nothing is stored (:func:`set_state_layout`).
