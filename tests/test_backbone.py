@@ -286,3 +286,63 @@ def test_relative_key_cache_follows_weight_updates(backbone_factory):
     y_grad, _ = net(x)  # computed afresh with autograd on
     assert not torch.allclose(y_cached, y_after)
     torch.testing.assert_close(y_after, y_grad.detach(), rtol=0, atol=1e-12)
+
+
+class TestTokensLayout:
+    """The ``"tokens"`` state layout: the segment's inputs instead of its keys/values/outputs."""
+
+    @pytest.mark.parametrize("K", [1, 3, 10])
+    def test_step_and_mid_segment_starts_equal_the_reference(self, backbone_factory, K):
+        net = backbone_factory(segment_len=K, num_layers=2, memory_slots=2, seed=K)
+        T = 4 * K + 1
+        x = torch.randn(2, T, 5, dtype=torch.float64)
+        y_ref, s_ref = window_recompute(net, x)
+        y_step, s_step = run_steps(net, x, net.initial_state(2, "tokens"))
+        assert_close(y_step, y_ref, torch.float64)
+        assert s_step.layout == "tokens" and torch.equal(s_step.memory_time, s_ref.memory_time)
+        assert_close(s_step.memory, s_ref.memory, torch.float64)
+        for split in sorted({1, K // 2 + 1, 2 * K + 1, T - 1}):
+            _, s1 = net(x[:, :split], net.initial_state(2, "tokens"))
+            p = split % K
+            assert torch.equal(s1.tokens[:, :p], x[:, split - p : split])  # the segment's inputs so far ...
+            assert not s1.tokens[:, p:].any()  # ... then zeros
+            y2, s2 = net(x[:, split:], s1)
+            assert_close(y2, y_ref[:, split:], torch.float64)
+            assert_close(s2.memory, s_ref.memory, torch.float64)
+
+    def test_rows_at_different_phases(self, backbone_factory):
+        net = backbone_factory(segment_len=4, memory_slots=2)
+        x = torch.randn(3, 21, 5, dtype=torch.float64)
+        lengths = torch.tensor([0, 3, 6])
+        _, cache_state = net(x[:, :6], lengths=lengths)
+        _, tokens_state = net(x[:, :6], net.initial_state(3, "tokens"), lengths=lengths)
+        y_cache, s_cache = net(x[:, 6:], cache_state)
+        y_tokens, s_tokens = net(x[:, 6:], tokens_state)
+        assert_close(y_tokens, y_cache, torch.float64)
+        assert_close(s_tokens.memory, s_cache.memory, torch.float64)
+        assert torch.equal(s_tokens.step, s_cache.step)
+
+    def test_training_from_a_boundary_is_bitwise_the_cache_layout(self, backbone_factory):
+        """Same dropout masks, same rounding: results trained with one layout hold for the other."""
+        net = backbone_factory(dtype=torch.float32, segment_len=4, dropout=0.2, attn_dropout=0.2,
+                               dropout_placement="released").train()
+        x = torch.randn(3, 13, 5)
+        outputs = []
+        for layout in ("cache", "tokens"):
+            torch.manual_seed(3)
+            outputs.append(net(x, net.initial_state(3, layout))[0])
+        assert torch.equal(outputs[0], outputs[1])
+
+    def test_static_and_inplace_need_the_cache_layout(self, backbone_factory):
+        net = backbone_factory()
+        with pytest.raises(ValueError, match="need a state of layout 'cache', received layout 'tokens'"):
+            net.step(torch.randn(2, 5, dtype=torch.float64), net.initial_state(2, "tokens"), static=True)
+
+    def test_state_needs_exactly_one_layout(self):
+        t = torch.zeros(1)
+        with pytest.raises(ValueError, match="exactly one of cache and tokens"):
+            ELMURState(t, t, None, t)
+        with pytest.raises(ValueError, match="exactly one of cache and tokens"):
+            ELMURState(t, t, t, t, tokens=t)
+        with pytest.raises(ValueError, match="layout='kv' is invalid"):
+            ELMURState.field_names("kv")
