@@ -101,6 +101,7 @@ def main() -> None:
         if args.compile:
             for module in actor.modules():
                 if isinstance(module, ELMURModule):
+                    module.state_layout = "cache"  # the compiled step's layout (evaluation stores no state)
                     module.compile_step("reduce-overhead" if args.device.startswith("cuda") else "default")
         success, seconds = evaluate_lengths(actor, args.corridor_lengths, args.eval_episodes, seed=args.seed + 10_000,
                                             name=kind, device=args.device, skip_at_chance=2 if args.skip else 0)
