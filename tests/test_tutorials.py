@@ -63,6 +63,8 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
                                          "--checkpoints", "no-such-folder"], "tmaze_horizon"),
         ("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity"),
         ("benchmarks/replay_bytes.py", ["--frames", "60", "--slice-len", "5"], "replay_bytes"),
+        ("benchmarks/popgym_oracles.py", ["--tasks", "RepeatFirstEasy", "BattleshipEasy", "--episodes", "2"],
+         "popgym_oracles"),
         ("benchmarks/tmaze_fidelity.py", ["--variants", "published", "released", "--recipe", "released", "--steps", "2",
                                           "--episodes", "20", "--probe-every", "1", "--probe-episodes", "2",
                                           "--lengths", "3", "5", "--eval-episodes", "2", "--no-separation"],
