@@ -122,3 +122,18 @@ def test_batched_envs_reset_each_row_at_its_own_episode_end():
     starts = is_init.nonzero()
     for row, t in starts.tolist():
         assert (reward[row, t:t + 3] == 0).all() and reward[row, t + 3] != 0
+
+
+def test_vector_env_resets_each_row_at_its_own_episode_end():
+    """The same check on make_popgym_env(num_envs=3): a gymnasium vector env without autoreset,
+    reset by TorchRL where done; sub-env i is seeded s + i."""
+    env = make_popgym_env("RepeatPreviousEasy", num_envs=3)
+    env.set_seed(0)
+    data = env.rollout(120, break_when_any_done=False)
+    done, is_init = data["next", "done"].squeeze(-1), data["is_init"].squeeze(-1)
+    assert done.sum(1).tolist() == [2, 2, 2] and torch.equal(is_init[:, 1:], done[:, :-1])
+    single = make_popgym_env("RepeatPreviousEasy")
+    single.set_seed(1)
+    torch.testing.assert_close(single.reset()["observation"], data["observation"][1, 0])
+    with pytest.raises(ValueError, match="num_envs must be None or an int >= 1, received 0"):
+        make_popgym_env("RepeatPreviousEasy", num_envs=0)

@@ -12,9 +12,10 @@ policy shape (observation vector -> memory -> head) serves all of them:
 - :class:`FlatDiscreteAction`: a MultiDiscrete action space as one Discrete space (row-major).
 
 :func:`make_popgym_gym` builds the wrapped gymnasium env, :func:`make_popgym_env` the TorchRL env
-(``GymWrapper``, categorical actions, with ``InitTracker``). Batched envs: a ``SerialEnv`` /
-``ParallelEnv`` of :func:`make_popgym_env` (not ``GymEnv(..., num_envs=N)``, whose gymnasium
-NEXT_STEP autoreset records corrupt transitions at episode ends).
+(``GymWrapper``, categorical actions, with ``InitTracker``). Batched envs:
+``make_popgym_env(task, num_envs=N)`` (a gymnasium vector env without autoreset), or a
+``SerialEnv`` / ``ParallelEnv`` of :func:`make_popgym_env`; not ``GymEnv(..., num_envs=N)``, whose
+gymnasium NEXT_STEP autoreset records corrupt transitions at episode ends.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import functools
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from torchrl.envs import GymWrapper, InitTracker, TransformedEnv
 
 DIFFICULTIES = ("Easy", "Medium", "Hard")
@@ -187,18 +189,35 @@ def make_popgym_gym(task: str, previous_action: bool | None = None) -> gym.Env:
     return PopGymObservation(env, previous_action)
 
 
-def make_popgym_env(task: str, *, previous_action: bool | None = None, device="cpu", init_tracker: bool = True):
+def make_popgym_env(task: str, *, num_envs: int | None = None, previous_action: bool | None = None, device="cpu",
+                    init_tracker: bool = True):
     """A POPGym task as a TorchRL env: ``GymWrapper`` of :func:`make_popgym_gym` with categorical
     (integer) actions, and ``InitTracker`` (``init_tracker=True``) for recurrent policies.
 
-    Keys: ``observation`` float32 ``[F]``, ``action`` int64 ``[]`` (or float32 ``[1]`` for the
-    Pendulums), ``("next", "reward")`` ``[1]``, ``done/terminated/truncated``, ``is_init``. Add a
-    recurrent module's primer with ``env.append_transform(module.make_tensordict_primer())``.
+    Keys: ``observation`` float32 ``[*B, F]``, ``action`` int64 ``[*B]`` (or float32 ``[*B, 1]`` for
+    the Pendulums), ``("next", "reward")`` ``[*B, 1]``, ``done/terminated/truncated``, ``is_init``.
+    Add a recurrent module's primer with ``env.append_transform(module.make_tensordict_primer())``.
+
+    Args:
+        num_envs: ``None``: one env (batch size ``[]``); ``N``: a gymnasium ``SyncVectorEnv`` of N
+            with autoreset disabled (TorchRL resets the done ones, e.g. in ``step_and_maybe_reset``
+            and collectors; gymnasium's default NEXT_STEP autoreset would record corrupt
+            transitions). ``env.set_seed(s)`` seeds sub-env ``i`` with ``s + i``.
 
     Examples:
         >>> env = make_popgym_env("RepeatPreviousEasy")
         >>> env.observation_spec["observation"].shape, env.action_spec.n
         (torch.Size([4]), 4)
+        >>> make_popgym_env("RepeatPreviousEasy", num_envs=3).rollout(2)["observation"].shape
+        torch.Size([3, 2, 4])
     """
-    env = GymWrapper(make_popgym_gym(task, previous_action), categorical_action_encoding=True, device=device)
+    if num_envs is None:
+        env = GymWrapper(make_popgym_gym(task, previous_action), categorical_action_encoding=True, device=device)
+    else:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"make_popgym_env: num_envs must be None or an int >= 1, received {num_envs!r}.")
+        name = task_name(task)
+        vector = SyncVectorEnv([functools.partial(make_popgym_gym, name, previous_action) for _ in range(num_envs)],
+                               autoreset_mode=AutoresetMode.DISABLED)
+        env = GymWrapper(vector, categorical_action_encoding=True, device=device)
     return TransformedEnv(env, InitTracker()) if init_tracker else env

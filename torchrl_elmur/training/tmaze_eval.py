@@ -1,7 +1,6 @@
 """Evaluate a TorchRL policy on the batched T-Maze: streaming, one environment step at a time."""
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -9,13 +8,10 @@ from pathlib import Path
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torchrl.envs import Compose, InitTracker, TransformedEnv
-from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
-from torchrl.modules.utils import get_primers_from_module
-from tqdm import tqdm
+from torchrl.envs import InitTracker, TransformedEnv
 
 from ..envs import TMazeEnv
-from ..modules import set_state_layout
+from .evaluate import first_episode_returns
 
 
 def episodes_error(counts: dict[str, int]) -> str | None:
@@ -40,12 +36,11 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
                        on_step: Callable[[TensorDictBase], None] | None = None) -> float:
     """Success rate of ``policy`` over ``episodes`` T-Maze episodes of one corridor length.
 
-    Both goal sides occur equally often (``goal_sides="balanced"``, ``episodes`` even). The
-    policy's recurrent state is registered with its primers (``get_primers_from_module``) and
-    carried by ``step_mdp``; a plain reset/step loop is used rather than ``env.rollout``, which
-    would keep every step's (large) state in memory. Cost: ``corridor_length + 2`` policy steps
-    on a batch of ``episodes``, whatever the memory module. Nothing is stored, so ELMURModules
-    step with ``state_layout="cache"`` (one token's work per step; same outputs) during the loop.
+    Both goal sides occur equally often (``goal_sides="balanced"``, ``episodes`` even). Streamed
+    by :func:`~torchrl_elmur.training.evaluate.first_episode_returns` (the policy's primers
+    registered, its state carried by TorchRL, nothing stored, ELMURModules in the cache layout),
+    rather than ``env.rollout``, which would keep every step's state in memory. Cost:
+    ``corridor_length + 2`` policy steps on a batch of ``episodes``, whatever the memory module.
 
     Args:
         policy: reads ``observation`` (and its state keys, ``is_init``), writes ``action``
@@ -53,35 +48,17 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
         progress: show a tqdm bar (default: for corridors of 1000 steps or more).
         greedy: run the policy in eval mode with deterministic actions (its training mode is
             restored afterwards); ``False`` uses the mode and exploration type in force.
-        on_step: called with each step's tensordict (after ``env.step``, before ``step_mdp``), e.g.
+        on_step: called with each step's tensordict (after the step, before the next), e.g.
             to record the policy's memory; row ``i`` has goal +1 (up) for even ``i``, -1 for odd.
     """
     error = episodes_error({"episodes": episodes})
     if error:
         raise ValueError(f"tmaze_success_rate: {error}.")
-    with set_state_layout(policy, "cache"):  # the fast step: this loop stores no state
-        return _success_rate(policy, corridor_length, episodes, seed, device, progress, greedy, on_step)
-
-
-def _success_rate(policy, corridor_length, episodes, seed, device, progress, greedy, on_step) -> float:
-    primers = get_primers_from_module(policy)
-    env = TMazeEnv(corridor_length, batch_size=[episodes], goal_sides="balanced", seed=seed, device=device)
-    env = TransformedEnv(env, Compose(InitTracker(), primers) if primers is not None else InitTracker())
-    was_training = policy.training
-    if greedy:
-        policy.eval()
-    td = env.reset()
-    reward = torch.zeros(episodes, device=device)
+    env = TransformedEnv(TMazeEnv(corridor_length, batch_size=[episodes], goal_sides="balanced", seed=seed, device=device),
+                         InitTracker())
     show = corridor_length >= 1000 if progress is None else progress
-    with set_exploration_type(ExplorationType.DETERMINISTIC) if greedy else contextlib.nullcontext():
-        for _ in tqdm(range(corridor_length + 2), desc=f"  eval c={corridor_length}", leave=False, dynamic_ncols=True,
-                      disable=not show, mininterval=2.0):
-            td = env.step(policy(td))
-            if on_step is not None:
-                on_step(td)
-            reward += td["next", "reward"].squeeze(-1)
-            td = step_mdp(td)
-    policy.train(was_training)
+    reward = first_episode_returns(policy, env, corridor_length + 2, greedy=greedy, progress=show,
+                                   desc=f"  eval c={corridor_length}", on_step=on_step)
     return (reward > 0.5).float().mean().item()
 
 
