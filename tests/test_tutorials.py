@@ -65,6 +65,9 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
         ("benchmarks/replay_bytes.py", ["--frames", "60", "--slice-len", "5"], "replay_bytes"),
         ("benchmarks/popgym_oracles.py", ["--tasks", "RepeatFirstEasy", "BattleshipEasy", "--episodes", "2"],
          "popgym_oracles"),
+        ("benchmarks/popgym_suite.py", ["--tasks", "RepeatPreviousEasy", "PositionOnlyPendulumEasy", "--policies", "elmur",
+                                        "mlp", "--steps", "2", "--episodes", "3", "--eval-episodes", "3", "--window", "10",
+                                        "--chunk", "5", "--no-progress"], "popgym_suite"),
         ("benchmarks/tmaze_fidelity.py", ["--variants", "published", "released", "--recipe", "released", "--steps", "2",
                                           "--episodes", "20", "--probe-every", "1", "--probe-episodes", "2",
                                           "--lengths", "3", "5", "--eval-episodes", "2", "--no-separation"],
@@ -74,6 +77,8 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
 def test_benchmark_smoke(tmp_path, script, flags, benchmark):
     """Each benchmark runs on tiny settings and ends with its JSON line."""
     out = [] if benchmark == "device_parity" else ["--out", str(tmp_path)]
+    if benchmark == "popgym_suite":
+        out += ["--cache", str(tmp_path / "cache")]
     lines = run_script(script, *flags, *out)
     assert json.loads(lines[-1])["benchmark"] == benchmark
     if benchmark == "tmaze_horizon":
@@ -83,6 +88,12 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
         assert all(r["replay_max_abs_diff"] < 1e-4 for r in rows.values())
         assert rows["elmur-tokens"]["bytes_per_transition"] < rows["elmur-cache"]["bytes_per_transition"] / 3
         assert {p.name for p in tmp_path.iterdir()} >= {"replay_bytes.csv", "replay_bytes.md", "replay_bytes.png"}
+    if benchmark == "popgym_suite":  # per task and policy a mean return, sums in the paper's form, the files
+        result = json.loads(lines[-1])
+        assert set(result["tasks"]) == {"RepeatPreviousEasy", "PositionOnlyPendulumEasy"}
+        assert {"oracle", "random", "elmur", "mlp"} <= set(result["tasks"]["RepeatPreviousEasy"])
+        assert set(result["sums"]) == {"sum: All (2 tasks)", "sum: Puzzle (1 tasks)", "sum: Reactive (1 tasks)"}
+        assert {p.name for p in tmp_path.iterdir()} >= {"popgym_suite.csv", "popgym_suite.md", "popgym_suite.png"}
     if benchmark == "tmaze_fidelity":
         rows = (tmp_path / "tmaze_fidelity.csv").read_text().splitlines()
         assert len(rows) == 3 and rows[1].startswith("published,0,released,2,")

@@ -95,7 +95,8 @@ def train_bc(
         grad_clip: max gradient norm.
         updates: ``"window"`` or ``"segment"`` (see the module docstring); ``"segment"`` needs
             ``segment_len`` dividing ``seq_len``.
-        run: a wandb run (``<name>/loss_bc``, ``accuracy``, ``grad_norm`` every 10 steps), or None.
+        run: a wandb run (``<name>/loss_bc``, the loss's other entries such as ``accuracy``, and
+            ``grad_norm``, every 10 steps), or None.
         probe: called as ``probe(actor)`` every ``probe_every`` steps and after the last one,
             outside the timed training; returns a dict of numbers (e.g. success rates). The
             actor's training mode is restored after it.
@@ -138,9 +139,10 @@ def train_bc(
             optimizer.step()
         history.train_seconds += time.perf_counter() - start
         if step % 10 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{losses['loss_bc'].item():.3f}", acc=f"{losses['accuracy'].item():.3f}")
+            metrics = {k: v.item() for k, v in losses.items() if not k.startswith("loss_")}  # accuracy, mae, ...
+            bar.set_postfix(loss=f"{losses['loss_bc'].item():.3f}", **{k: f"{v:.3f}" for k, v in metrics.items()})
             if run is not None:
-                run.log({f"{name}/loss_bc": losses["loss_bc"].item(), f"{name}/accuracy": losses["accuracy"].item(),
+                run.log({f"{name}/loss_bc": losses["loss_bc"].item(), **{f"{name}/{k}": v for k, v in metrics.items()},
                          f"{name}/grad_norm": grad_norm.item(), f"{name}/step": step})
         if probe is not None and ((probe_every and (step + 1) % probe_every == 0) or step == steps - 1):
             result = probe(actor)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -47,7 +48,9 @@ def first_episode_returns(policy: TensorDictModuleBase, env: EnvBase, max_steps:
     exploration = set_exploration_type(ExplorationType.DETERMINISTIC) if greedy else contextlib.nullcontext()
     try:
         with exploration, set_state_layout(policy, "cache"), torch.no_grad():
-            primers = get_primers_from_module(policy)
+            with warnings.catch_warnings():  # a memoryless policy has none: nothing to warn about
+                warnings.simplefilter("ignore")
+                primers = get_primers_from_module(policy)
             if primers is not None:  # a new TransformedEnv on the same base env
                 env = TransformedEnv(env, primers)
             td = env.reset()

@@ -1,0 +1,218 @@
+"""POPGym offline benchmark: behaviour cloning of ELMUR, GRU, LSTM and a memoryless MLP on oracle data.
+
+For every task: the privileged oracle's episodes (``make_popgym_dataset``, cached on disk), then
+per policy the same recipe (``train_bc``: AdamW, rows of ``--window`` steps from episode starts,
+cross-entropy or MSE), then ``--eval-episodes`` greedy episodes in the real POPGym env on seeds
+disjoint from the data's (``EVAL_SEED`` on), streamed one step at a time
+(``first_episode_returns``). The oracle and uniform random actions are scored on the same
+seeds. Sums over the tasks run, in the paper's form: All, Puzzle (every family but the
+CartPole/Pendulum control ones) and Reactive (those 15 control tasks).
+
+Long episodes: rows start at episode starts; ``--window W --chunk C`` with C < W trains each row
+as consecutive chunks of C steps carrying the recurrent state (truncated back-propagation, one
+optimizer step per chunk), so windows can cover whole episodes (up to 1023 steps) while the
+gradient spans C steps.
+
+    python benchmarks/popgym_suite.py                                  # 6 memory tasks, CPU preset
+    python benchmarks/popgym_suite.py --tasks RepeatFirstHard --window 840 --chunk 105
+    python benchmarks/popgym_suite.py --all                            # all 48 tasks (hours on a CPU)
+
+Prints a table, writes ``<out>/popgym_suite.{csv,md,png}`` and ends with one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import format_table, write_csv  # noqa: E402
+
+from torchrl_elmur import ELMURConfig  # noqa: E402
+from torchrl_elmur.data import make_offline_replay_buffer, make_popgym_dataset  # noqa: E402
+from torchrl_elmur.data.popgym_dataset import EVAL_SEED, play_episodes  # noqa: E402
+from torchrl_elmur.envs import make_popgym_env, make_popgym_gym, popgym_tasks  # noqa: E402
+from torchrl_elmur.envs.popgym_env import task_name  # noqa: E402
+from torchrl_elmur.envs.popgym_oracles import family_of  # noqa: E402
+from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss  # noqa: E402
+from torchrl_elmur.training import train_bc  # noqa: E402
+from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur.training.evaluate import first_episode_returns  # noqa: E402
+from torchrl_elmur.training.policies import MEMORIES, make_bc_actor  # noqa: E402
+
+DEFAULT_TASKS = ["RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "AutoencodeEasy", "BattleshipEasy",
+                 "MineSweeperEasy"]  # memory tasks with short episodes, on which a memoryless policy fails
+REACTIVE = ("PositionOnlyCartPole", "VelocityOnlyCartPole", "NoisyPositionOnlyCartPole", "PositionOnlyPendulum",
+            "NoisyPositionOnlyPendulum")
+PRESETS = {  # ELMUR configurations by name (input and width = --width)
+    "cpu": dict(num_layers=2),  # the published POPGym configuration with 2 layers instead of 12
+    "popgym": dict(),  # the published POPGym configuration (ELMUR.md section 5): L=12
+}
+
+
+@dataclass
+class Args:
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # task names or gym ids
+    all: bool = False  # all 48 tasks (overrides --tasks)
+    policies: list[str] = field(default_factory=lambda: ["elmur", "gru", "lstm", "mlp"])  # of elmur, gru, lstm, mlp
+    preset: str = "cpu"  # ELMUR: "cpu" (ELMURConfig.popgym with 2 layers) or "popgym" (the published, 12 layers)
+    detach_memory: bool = False  # ELMUR: detach memory at segment boundaries (the published setting)
+    episodes: int = 1000  # oracle episodes per task in the dataset
+    steps: int = 300  # sampled batches per policy (optimizer steps: steps x window / chunk)
+    batch: int = 32  # rows per batch
+    window: int = 0  # steps per row, from an episode start (0: 3 ELMUR segments)
+    chunk: int = 0  # truncated back-propagation: chunks of this many steps carry the state (0: the window)
+    lr: float = 1e-3
+    width: int = 64  # encoder and memory width
+    label_smoothing: float = 0.0
+    eval_episodes: int = 100  # evaluation episodes per task and policy (seeds EVAL_SEED + i)
+    seed: int = 0
+    threads: int = 1  # torch threads
+    out: str = "outputs/benchmarks"
+    cache: str = "outputs/cache/popgym"  # where the datasets are stored
+    progress: bool = True
+
+
+def check(args: Args) -> str | None:
+    bad = [p for p in args.policies if p not in MEMORIES]
+    if bad:
+        return f"--policies: unknown {bad}, expected some of {list(MEMORIES)}"
+    if args.preset not in PRESETS:
+        return f"--preset: expected one of {list(PRESETS)}, received {args.preset!r}"
+    try:
+        [task_name(t) for t in args.tasks]
+    except ValueError as err:
+        return f"--tasks: {err}"
+    for name in ("episodes", "steps", "batch", "eval_episodes"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
+    window, chunk = resolved_window(args)
+    if window % chunk:
+        return f"--chunk ({chunk}) must divide --window ({window})"
+    return None
+
+
+def elmur_config(args: Args) -> ELMURConfig:
+    return ELMURConfig.popgym(input_size=args.width, d_model=args.width, detach_memory=args.detach_memory,
+                              **PRESETS[args.preset])
+
+
+def resolved_window(args: Args) -> tuple[int, int]:
+    window = args.window or 3 * ELMURConfig.popgym().segment_len
+    return window, args.chunk or window
+
+
+def episode_limit(task: str) -> int:
+    raw = make_popgym_gym(task).unwrapped
+    return int(getattr(raw, "max_episode_length", None) or 2048) + 1
+
+
+def baseline_returns(task: str, episodes: int) -> dict[str, float]:
+    """Mean return of the oracle and of uniform random actions on the evaluation seeds."""
+    rng = np.random.default_rng(0)
+    random = lambda env: env.action_space.sample() if not hasattr(env.action_space, "nvec") else rng.integers(  # noqa: E731
+        env.action_space.nvec)
+    out = {}
+    for name, behaviour in (("oracle", None), ("random", random)):
+        data = play_episodes(task, episodes, seed=EVAL_SEED, behaviour=behaviour, progress=False)
+        out[name] = data["next", "reward"].sum().item() / episodes
+    return out
+
+
+def run_policy(task: str, memory: str, data, args: Args) -> dict:
+    torch.manual_seed(args.seed)
+    env = make_popgym_env(task, num_envs=args.eval_episodes)
+    obs_size = env.observation_spec["observation"].shape[-1]
+    discrete = env.action_spec.dtype == torch.int64
+    action = dict(num_actions=env.action_spec.n) if discrete else dict(
+        action_dim=env.action_spec.shape[-1], action_bound=float(env.action_spec.space.high.max()))
+    actor = make_bc_actor(memory, obs_size, width=args.width, config=elmur_config(args) if memory == "elmur" else None,
+                          **action)
+    loss = SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing) if discrete else SequenceMSELoss(actor)
+    window, chunk = resolved_window(args)
+    buffer = make_offline_replay_buffer(data, args.batch, window, seed=args.seed)
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
+    history = train_bc(actor, loss, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=window,
+                       grad_clip=5.0, updates="segment" if chunk < window else "window", segment_len=chunk,
+                       name=f"{task}/{memory}", progress=args.progress)
+    env.set_seed(EVAL_SEED)
+    t0 = time.perf_counter()
+    returns = first_episode_returns(actor, env, episode_limit(task), progress=args.progress, desc=f"eval {memory}")
+    env.close()
+    return {"task": task, "policy": memory, "mean_return": returns.mean().item(), "std_return": returns.std().item(),
+            "train_seconds": history.train_seconds, "eval_seconds": time.perf_counter() - t0,
+            "params": sum(p.numel() for p in actor.parameters())}
+
+
+def aggregates(table: dict[str, dict[str, float]], columns: list[str]) -> list[dict]:
+    """Sums of mean returns over the tasks run: All, Puzzle, Reactive (the paper's form)."""
+    groups = {"All": list(table), "Puzzle": [t for t in table if family_of(t) not in REACTIVE],
+              "Reactive": [t for t in table if family_of(t) in REACTIVE]}
+    return [{"task": f"sum: {g} ({len(tasks)} tasks)", **{c: sum(table[t][c] for t in tasks) for c in columns}}
+            for g, tasks in groups.items() if tasks]
+
+
+def plot(table: dict[str, dict[str, float]], columns: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(table)
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks)), 3.6))
+    for i, c in enumerate(columns):
+        ax.bar(np.arange(len(tasks)) + (i - (len(columns) - 1) / 2) * width, [table[t][c] for t in tasks], width, label=c)
+    ax.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    ax.set_ylabel("mean episode return")
+    ax.legend(fontsize=7, ncol=len(columns))
+    ax.set_title("POPGym, behaviour cloning from oracle episodes", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_dataclass(Args, __doc__.splitlines()[0], check=check)
+    torch.set_num_threads(args.threads)
+    tasks = sorted(popgym_tasks()) if args.all else [task_name(t) for t in args.tasks]
+    start = time.perf_counter()
+    rows, table = [], {}
+    for task in tasks:
+        data = make_popgym_dataset(task, args.episodes, seed=args.seed, cache_dir=args.cache, progress=args.progress)
+        table[task] = baseline_returns(task, args.eval_episodes)
+        for memory in args.policies:
+            row = run_policy(task, memory, data, args)
+            rows.append(row)
+            table[task][memory] = row["mean_return"]
+            print(f"  {task:28s} {memory:6s} mean return {row['mean_return']:+.3f} (oracle {table[task]['oracle']:+.3f}, "
+                  f"random {table[task]['random']:+.3f}; train {row['train_seconds']:.0f} s)", flush=True)
+    columns = ["oracle", *args.policies, "random"]
+    summary = [{"task": t, **table[t]} for t in tasks] + aggregates(table, columns)
+    window, chunk = resolved_window(args)
+    header = (f"POPGym BC: {len(tasks)} tasks, {args.episodes} oracle episodes each, {args.steps} x [{args.batch}, {window}] "
+              f"(chunks of {chunk}), ELMUR preset {args.preset!r} (detach_memory={args.detach_memory}), width {args.width}, "
+              f"{args.eval_episodes} eval episodes; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+              f"{time.perf_counter() - start:.0f} s")
+    cols = [("task", "task", "s")] + [(c, c, "+.3f") for c in columns]
+    print("\n" + header)
+    print(format_table(summary, cols))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "popgym_suite.csv")
+    (out / "popgym_suite.md").write_text(header + "\n\n" + format_table(summary, cols, markdown=True) + "\n")
+    plot(table, columns, out / "popgym_suite.png")
+    print(f"wrote {out / 'popgym_suite.csv'}, .md, .png")
+    sums = {s["task"]: {c: s[c] for c in columns} for s in summary if s["task"].startswith("sum")}
+    print(json.dumps({"benchmark": "popgym_suite", "tasks": table, "sums": sums, "rows": rows,
+                      "window": window, "chunk": chunk, "preset": args.preset}))
+
+
+if __name__ == "__main__":
+    main()
