@@ -119,8 +119,15 @@ def episode_limit(task: str) -> int:
 def baseline_returns(task: str, episodes: int) -> dict[str, float]:
     """Mean return of the oracle and of uniform random actions on the evaluation seeds."""
     rng = np.random.default_rng(0)
-    random = lambda env: env.action_space.sample() if not hasattr(env.action_space, "nvec") else rng.integers(  # noqa: E731
-        env.action_space.nvec)
+
+    def random(env):  # uniform over the raw env's action space, from a seeded generator
+        space = env.action_space
+        if hasattr(space, "nvec"):
+            return rng.integers(space.nvec)
+        if hasattr(space, "n"):
+            return int(rng.integers(space.n))
+        return rng.uniform(space.low, space.high).astype(np.float32)
+
     out = {}
     for name, behaviour in (("oracle", None), ("random", random)):
         data = play_episodes(task, episodes, seed=EVAL_SEED, behaviour=behaviour, progress=False)

@@ -46,7 +46,7 @@ def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None,
 
     Examples:
         >>> actor = make_bc_actor("gru", 5, num_actions=3, width=8)
-        >>> [type(m).__name__ for m in actor.module]
+        >>> [type(m).__name__ for m in actor.module[0]]
         ['TensorDictModule', 'GRUModule', 'TensorDictModule']
     """
     if (num_actions is None) == (action_dim is None):
