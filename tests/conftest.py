@@ -19,3 +19,15 @@ def make_backbone(dtype=torch.float64, weight_std=0.3, seed=0, **config) -> ELMU
 @pytest.fixture
 def backbone_factory():
     return make_backbone
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny ops on a 2-core box: intra-op thread wake-ups (not the module) dominate the runtime and
+    make a collector step 10x slower; one thread keeps a test fast and its timing stable. Per
+    test, because ParallelEnv.close() raises the process's thread count again. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -33,12 +33,7 @@ N_OBS, N_ACT = 4, 2  # CartPole-v1
 TRAJ = ("collector", "traj_ids")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gru_like(name: str):

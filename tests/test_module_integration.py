@@ -45,15 +45,7 @@ def state_specs(obs_size: int) -> dict:
 OBS_SIZE = {"CartPole-v1": 4, "Pendulum-v1": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny ops on a 2-core box: intra-op thread wake-ups (not the module) dominate the runtime and
-    make a collector step 10x slower; one thread keeps the file fast and its timing stable.
-    Per test, because ParallelEnv.close() raises the process's thread count again."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------- helpers

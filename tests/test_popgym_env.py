@@ -22,12 +22,7 @@ from torchrl_elmur.envs.popgym_env import (  # noqa: E402
 TASKS = sorted(popgym_tasks())
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_there_are_48_tasks_in_16_families():
