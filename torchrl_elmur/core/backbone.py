@@ -306,7 +306,8 @@ class ELMURBackbone(nn.Module):
             raise ValueError(f"ELMURBackbone.forward: lengths must be [B]={[B]} in [0, {T}], received {lengths.tolist()}.")
         lengths = lengths.to(torch.int64)
         p = state.step % K  # [B]
-        n_chunks = max(1, -(-(int(p.max()) + T) // K))
+        p_max = int(p.max())  # one host sync, used twice
+        n_chunks = max(1, -(-(p_max + T) // K))
         self._start_call(n_chunks)
         slots = torch.arange(n_chunks * K, device=x.device)  # segment-aligned timeline
         src = slots[None] - p[:, None]  # [B, S]: token index at each timeline slot (<0: earlier in the segment)
@@ -323,7 +324,7 @@ class ELMURBackbone(nn.Module):
             x_line = torch.where(valid, x_line, torch.zeros_like(x_line))  # [B, S, F]: raw inputs, for the final state
             # the prefix goes through the input projection only when there is one, so that a call from a
             # segment boundary draws the same dropout masks as with the cache layout
-            h_prefix = self._input_tokens(state.tokens) if int(p.max()) > 0 else h_in.new_zeros(B, K - 1, D)
+            h_prefix = self._input_tokens(state.tokens) if p_max > 0 else h_in.new_zeros(B, K - 1, D)
             h_all = torch.cat([h_prefix, h_in], 1)  # [B, K-1+T, D]
             gathered = torch.gather(h_all, 1, index.clamp(max=h_all.shape[1] - 1)[..., None].expand(-1, -1, D))
             h_line = torch.where(valid, gathered, torch.zeros_like(gathered))

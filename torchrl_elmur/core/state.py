@@ -43,9 +43,10 @@ def check_tensor(label: str, value, shape: tuple[int, ...], dtype: torch.dtype, 
 LAYOUTS = ("cache", "tokens")  # how a state holds the current segment's earlier tokens
 
 
-def check_layout(layout: str, owner: str) -> None:
+def check_layout(layout: str, owner: str, name: str = "layout") -> None:
+    """Raise an error naming ``owner``'s argument ``name`` unless ``layout`` is one of :data:`LAYOUTS`."""
     if layout not in LAYOUTS:
-        raise ValueError(f"{owner}: layout={layout!r} is invalid: expected one of {LAYOUTS}.")
+        raise ValueError(f"{owner}: {name}={layout!r} is invalid: expected one of {LAYOUTS}.")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torchrl.envs.transforms import TensorDictPrimer
 from torchrl.modules import recurrent_mode as _global_recurrent_mode
 
 from ..core import ELMURBackbone, ELMURConfig, ELMURState
-from ..core.state import LAYOUTS, check_tensor
+from ..core.state import check_layout, check_tensor
 from .trajectories import trajectory_layout
 
 DEFAULT_STATE_KEY = "recurrent_state"  # as GRUModule's
@@ -196,6 +196,7 @@ class ELMURModule(TensorDictModuleBase):
         super().__init__()
         _check_rnn_keywords(config_fields)
         self._compile_mode: str | None = None  # set by compile_step
+        self._spec_cache = None  # see _spec
         self.config = self._make_config(
             config, dict(input_size=input_size, d_model=hidden_size, num_layers=num_layers, num_heads=num_heads,
                          memory_slots=memory_slots, segment_len=segment_len, lru_blend=lru_blend), config_fields
@@ -285,12 +286,20 @@ class ELMURModule(TensorDictModuleBase):
         groups = state_groups(self.state_layout, len(self.state_keys))
         return list(zip(self.state_keys, self.next_state_keys, groups))
 
+    def _spec(self) -> tuple[dict, list]:
+        """``(state_feature_shapes(), _groups())``, derived once per layout and dtype: every call
+        in step mode needs both, and they only change with ``state_layout`` or ``.to(dtype)``."""
+        key = (self.state_layout, self.dtype)
+        if self._spec_cache is None or self._spec_cache[0] != key:
+            self._spec_cache = (key, (self.state_feature_shapes(), self._groups()))
+        return self._spec_cache[1]
+
     def state_spec(self) -> Composite:
         """The state keys' specs without batch dims: one :class:`~torchrl.data.Composite` per state key."""
-        feats = self.state_feature_shapes()
+        feats, groups = self._spec()
         return Composite({
             key: Composite({name: Unbounded(shape=feats[name][0], dtype=feats[name][1]) for name in names}, shape=())
-            for key, _, names in self._groups()
+            for key, _, names in groups
         })
 
     def make_tensordict_primer(self) -> TensorDictPrimer:
@@ -311,8 +320,7 @@ class ELMURModule(TensorDictModuleBase):
 
     @state_layout.setter
     def state_layout(self, layout: str) -> None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"ELMURModule: state_layout={layout!r} is invalid: expected one of {LAYOUTS}.")
+        check_layout(layout, "ELMURModule", "state_layout")
         if layout != "cache" and getattr(self, "_compile_mode", None) is not None:
             raise ValueError(f"ELMURModule: state_layout={layout!r} with a compiled step: the compiled step needs "
                              "'cache'; call compile_step(None) first.")
@@ -399,9 +407,9 @@ class ELMURModule(TensorDictModuleBase):
 
     def _state_tensors(self, td: TensorDictBase) -> dict[str, Tensor | None]:
         """The stored state fields ``[*batch, *feature]`` (None where a state key is missing: fresh)."""
-        feats = self.state_feature_shapes()
+        feats, groups = self._spec()
         tensors: dict[str, Tensor | None] = {}
-        for key, _, names in self._groups():
+        for key, _, names in groups:
             sub = td.get(key, None)
             if sub is None:
                 tensors.update(dict.fromkeys(names))
@@ -432,12 +440,13 @@ class ELMURModule(TensorDictModuleBase):
         if any(t is None for t in tensors.values()):
             fresh = ELMURState.zeros(self.config, batch, dtype=self.dtype, device=device, layout=self.state_layout)
             tensors = {name: getattr(fresh, name) if t is None else t for name, t in tensors.items()}
-        shapes = ELMURState.shapes(self.config, batch, self.state_layout)
-        return ELMURState(**{name: t.reshape(shapes[name]) for name, t in tensors.items()})
+        feats, _ = self._spec()  # per-row shapes; the step counter is [1] in the tensordict, () in the state
+        return ELMURState(**{name: t.reshape(batch, *feats[name][0]) if name != "step" else t.reshape(batch)
+                             for name, t in tensors.items()})
 
     def _write(self, td: TensorDictBase, output: Tensor, fields: dict[str, Tensor]) -> TensorDictBase:
         td.set(self.out_keys[0], output)
-        for _, next_key, names in self._groups():
+        for _, next_key, names in self._spec()[1]:
             prefix = next_key if isinstance(next_key, tuple) else (next_key,)
             for name in names:
                 td.set((*prefix, name), fields[name])
@@ -458,7 +467,7 @@ class ELMURModule(TensorDictModuleBase):
             state = state.map(lambda t: torch.where(is_init.view(-1, *([1] * (t.ndim - 1))), torch.zeros_like(t), t))
         compiled = self._compiled_step is not None and not torch.is_grad_enabled()
         y, new = (self._compiled_step if compiled else self.backbone.step)(value, state)
-        feats = self.state_feature_shapes()
+        feats, _ = self._spec()
         return self._write(td, y.reshape(*shape, -1),
                            {name: t.reshape(*shape, *feats[name][0]) for name, t in new.fields().items()})
 
@@ -475,7 +484,7 @@ class ELMURModule(TensorDictModuleBase):
         x = value.reshape(n * t, -1)[layout.gather]  # [S, T_max, F]
         y, final = self.backbone(x, start_state, layout.lengths)  # [S, T_max, D]
         y = y[layout.valid]  # [N * T, D]: trajectories are contiguous and in row-major order
-        feats = self.state_feature_shapes()
+        feats, _ = self._spec()
         next_fields = {}
         for name, final_value in final.fields().items():
             final_value = final_value.reshape(len(layout.starts), *feats[name][0])
