@@ -39,9 +39,8 @@ def _oracle() -> Behaviour:
 
 def _flat_action(env: gym.Env, action) -> np.ndarray:
     """An action of the raw env's space in the wrapped env's (flat) space."""
-    inner = env.env if isinstance(env.env, FlatDiscreteAction) else None
-    if inner is not None:
-        return np.int64(FlatDiscreteAction.flatten(inner.nvec, action))
+    if isinstance(env.env, FlatDiscreteAction):  # make_popgym_gym's wrapper order
+        return env.env.reverse_action(action)
     if isinstance(env.action_space, gym.spaces.Discrete):
         return np.int64(int(np.asarray(action).item()))
     return np.asarray(action, dtype=np.float32).reshape(env.action_space.shape)

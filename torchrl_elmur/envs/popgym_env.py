@@ -45,6 +45,17 @@ def popgym_tasks() -> dict[str, type]:
     return {cls.__name__: cls for cls in ALL}
 
 
+def canonical_name(task: str) -> str:
+    """A class name from a POPGym gym id (``popgym-<Name>-v0``; the VelocityOnly ids spell ``Cartpole``);
+    class names pass unchanged. Pure string work, no check.
+
+    Examples:
+        >>> canonical_name("popgym-VelocityOnlyCartpoleEasy-v0"), canonical_name("RepeatFirstHard")
+        ('VelocityOnlyCartPoleEasy', 'RepeatFirstHard')
+    """
+    return task.removeprefix("popgym-").removesuffix("-v0").replace("Cartpole", "CartPole")
+
+
 def task_name(task: str) -> str:
     """The task name of a POPGym class name or gymnasium id.
 
@@ -57,7 +68,7 @@ def task_name(task: str) -> str:
     tasks = popgym_tasks()
     if not isinstance(task, str):
         raise TypeError(f"POPGym task: expected a task name or gym id (str), received {type(task).__name__} {task!r}.")
-    name = task.removeprefix("popgym-").removesuffix("-v0").replace("Cartpole", "CartPole")
+    name = canonical_name(task)
     if name not in tasks:
         close = difflib.get_close_matches(name, list(tasks), n=3)
         hint = f" Did you mean {close}?" if close else ""
@@ -129,6 +140,10 @@ class FlatDiscreteAction(gym.ActionWrapper):
             raise ValueError(f"FlatDiscreteAction: action must be one int in [0, {self.action_space.n}), "
                              f"received {action!r}.")
         return self.unflatten(self.nvec, int(value.item()))
+
+    def reverse_action(self, action) -> np.int64:
+        """An action of the wrapped MultiDiscrete space as this wrapper's flat action."""
+        return np.int64(self.flatten(self.nvec, action))
 
 
 class PopGymObservation(gym.Wrapper):

@@ -12,7 +12,8 @@ no state of its own, so it can take over at any step of an episode::
 
 One small function per family (``FAMILIES``), dispatched by ``family_of``: the task name without its
 Easy/Medium/Hard suffix. Returns of these oracles against random actions: ``benchmarks/popgym_oracles.py``.
-This module imports only numpy (popgym is needed only to make the envs).
+Pure numpy, with the env adapter's spelling rule for names (``canonical_name``); popgym itself is
+needed only to make the envs.
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from functools import cache
 
 import numpy as np
 
+from .popgym_env import canonical_name
+
 FAMILIES = (
     "Autoencode", "RepeatPrevious", "RepeatFirst", "CountRecall",
     "PositionOnlyCartPole", "PositionOnlyPendulum", "VelocityOnlyCartPole",
     "NoisyPositionOnlyCartPole", "NoisyPositionOnlyPendulum", "MultiarmedBandit",
     "HigherLower", "Battleship", "Concentration", "MineSweeper", "LabyrinthExplore", "LabyrinthEscape",
 )
-_TASK = re.compile(r"(?:popgym-)?([A-Za-z]+?)(?:Easy|Medium|Hard)?(?:-v0)?")
+_DIFFICULTY = re.compile(r"(Easy|Medium|Hard)$")
 
 
 def family_of(task: str) -> str:
@@ -41,8 +44,7 @@ def family_of(task: str) -> str:
     ...
     ValueError: family_of: 'CartPole-v1' is no POPGym task; expected ... one of Autoencode, RepeatPrevious, ...
     """
-    match = _TASK.fullmatch(task) if isinstance(task, str) else None
-    family = match and match.group(1).replace("Cartpole", "CartPole")  # the VelocityOnly gym ids' spelling
+    family = _DIFFICULTY.sub("", canonical_name(task)) if isinstance(task, str) else None
     if family not in FAMILIES:
         raise ValueError(f"family_of: {task!r} is no POPGym task; expected <Family>[Easy|Medium|Hard] or "
                          f"popgym-<Family><Difficulty>-v0 with <Family> one of {', '.join(FAMILIES)}.")
@@ -253,18 +255,20 @@ _ORACLES = {
 NO_ORACLE: dict[str, str] = {family: "no oracle written" for family in FAMILIES if family not in _ORACLES}
 
 
-def _env_family(env) -> str:
-    """The family of the env's class, or of the nearest base class that names one."""
-    for cls in type(env).__mro__:
+@cache
+def _class_oracle(env_class: type):
+    """The oracle of an env class, or of the nearest base class that names a family (once per class:
+    ``oracle_action`` runs at every step of data generation)."""
+    for cls in env_class.__mro__:
         try:
-            return family_of(cls.__name__)
+            return _ORACLES[family_of(cls.__name__)]
         except ValueError:
             continue
-    raise ValueError(f"oracle_action: {type(env).__name__} is no POPGym env (no class of popgym.envs.ALL "
+    raise ValueError(f"oracle_action: {env_class.__name__} is no POPGym env (no class of popgym.envs.ALL "
                      f"among its bases); pass the raw env, e.g. gym_env.unwrapped.")
 
 
 def oracle_action(env):
     """The oracle's action for a raw POPGym env now (``env.unwrapped`` is taken if there is one)."""
     env = getattr(env, "unwrapped", env)
-    return _ORACLES[_env_family(env)](env)
+    return _class_oracle(type(env))(env)
