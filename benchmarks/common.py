@@ -67,3 +67,16 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_report(name: str, header: str, rows: Sequence[dict], columns: Sequence[tuple[str, str, str]], out: str | Path,
+                 csv_rows: Sequence[dict] | None = None) -> Path:
+    """Print ``header`` and the table of ``rows``, and write ``<out>/<name>.csv`` (``csv_rows``, default
+    ``rows``) and ``<out>/<name>.md`` (header and markdown table). Returns the folder."""
+    print("\n" + header)
+    print(format_table(rows, columns))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows if csv_rows is None else csv_rows, out / f"{name}.csv")
+    (out / f"{name}.md").write_text(header + "\n\n" + format_table(rows, columns, markdown=True) + "\n")
+    return out

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, write_csv  # noqa: E402
+from common import write_report  # noqa: E402
 
 from torchrl_elmur.envs.popgym_oracles import family_of, oracle_action  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
@@ -118,12 +118,7 @@ def main() -> None:
     header = (f"POPGym {version('popgym')}: oracle vs uniform random episode return, {args.episodes} "
               f"episodes per task and policy (seeds {args.seed}..{args.seed + args.episodes - 1}), {len(rows)} tasks, "
               f"{seconds:.0f} s")
-    print("\n" + header)
-    print(format_table(rows, columns))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "popgym_oracles.csv")
-    (out / "popgym_oracles.md").write_text(header + "\n\n" + format_table(rows, columns, markdown=True) + "\n")
+    out = write_report("popgym_oracles", header, rows, columns, args.out)
     print(f"wrote {out / 'popgym_oracles.csv'}, .md")
     print(json.dumps({"benchmark": "popgym_oracles", "episodes": args.episodes, "seed": args.seed,
                       "seconds": seconds, "rows": rows}))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, write_csv  # noqa: E402
+from common import write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_popgym_dataset  # noqa: E402
@@ -212,12 +212,7 @@ def main() -> None:
               f"{args.eval_episodes} eval episodes; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
               f"{time.perf_counter() - start:.0f} s")
     cols = [("task", "task", "s")] + [(c, c, "+.3f") for c in columns]
-    print("\n" + header)
-    print(format_table(summary, cols))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "popgym_suite.csv")
-    (out / "popgym_suite.md").write_text(header + "\n\n" + format_table(summary, cols, markdown=True) + "\n")
+    out = write_report("popgym_suite", header, summary, cols, args.out, csv_rows=rows)
     plot(table, columns, out / "popgym_suite.png")
     print(f"wrote {out / 'popgym_suite.csv'}, .md, .png")
     sums = {s["task"]: {c: s[c] for c in columns} for s in summary if s["task"].startswith("sum")}

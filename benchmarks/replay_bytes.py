@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule as Mod
 from tensordict.nn import TensorDictSequential as Seq
 from torchrl.collectors import Collector
@@ -40,7 +39,7 @@ from torchrl.envs import GymEnv, InitTracker, StepCounter, TransformedEnv
 from torchrl.modules import GRUModule, LSTMModule, MLP, QValueModule, set_recurrent_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, write_csv  # noqa: E402
+from common import state_bytes_per_env, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
@@ -57,7 +56,7 @@ class Args:
     threads: int = 1  # torch threads (1 for timing on a shared 2-core box)
 
 
-ROWS = {  # name -> (constructor, description)
+ROWS = {  # memory module -> description
     "lstm-1": "LSTMModule, 1 layer (the DQN tutorial's)",
     "lstm-2": "LSTMModule, 2 layers",
     "gru-2": "GRUModule, 2 layers",
@@ -112,12 +111,9 @@ def measure(name: str, args: Args) -> dict:
         with torch.no_grad(), set_recurrent_mode(True):
             replayed = qnet(sample.exclude("action_value", "embed", "action", "chosen_action_value", "next").clone())
         replay_error = (replayed["action_value"] - sample["action_value"]).abs().max().item()
-    first = data[0]
-    leaves = [first.get(k) for k in memory.in_keys[1:-1]]  # tensors (LSTM/GRU) or TensorDicts (ELMUR)
-    state_bytes = sum(t.numel() * t.element_size() for leaf in leaves
-                      for t in (leaf.values(True, True) if isinstance(leaf, TensorDictBase) else [leaf]))
     return {"memory": name, "description": ROWS[name], "bytes_per_transition": per_transition,
-            "state_bytes": 2 * state_bytes, "gb_per_1e6": per_transition * 1e6 / 1e9,
+            "state_bytes": 2 * state_bytes_per_env(memory),  # state and ("next", state)
+            "gb_per_1e6": per_transition * 1e6 / 1e9,
             "frames_per_s": args.frames / seconds, "replay_max_abs_diff": replay_error,
             "params": sum(p.numel() for p in memory.parameters())}
 
@@ -156,12 +152,7 @@ def main() -> None:
                ("speed_vs_lstm_1", "speed vs LSTM-1", ".2f"), ("replay_max_abs_diff", "replay max diff", ".1e")]
     header = (f"Replay bytes per transition: CartPole-v1, embed F={args.embed}, width {args.hidden}, {args.frames} frames, "
               f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print("\n" + header)
-    print(format_table(rows, columns))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "replay_bytes.csv")
-    (out / "replay_bytes.md").write_text(header + "\n\n" + format_table(rows, columns, markdown=True) + "\n")
+    out = write_report("replay_bytes", header, rows, columns, args.out)
     plot(rows, out / "replay_bytes.png")
     print(f"wrote {out / 'replay_bytes.csv'}, .md, .png")
     print(json.dumps({"benchmark": "replay_bytes", "embed": args.embed, "hidden": args.hidden, "rows": rows}))

@@ -24,6 +24,7 @@ from torchrl.envs.transforms import BurnInTransform
 from torchrl.modules import GRUModule, LSTMModule, MLP, ProbabilisticActor, QValueModule, ValueOperator, set_recurrent_mode
 from torchrl.objectives import ClipPPOLoss, DQNLoss
 from torchrl.objectives.value import GAE
+from torchrl.modules.utils import get_primers_from_module
 
 from torchrl_elmur import ELMURModule
 from torchrl_elmur.objectives import mark_next_slice_starts
@@ -46,8 +47,7 @@ def lstm_like(name: str):
 
 def env_for(policy) -> TransformedEnv:
     env = TransformedEnv(GymEnv("CartPole-v1"), InitTracker())
-    env.append_transform(policy.make_tensordict_primer() if hasattr(policy, "make_tensordict_primer")
-                         else [m for m in policy.modules() if hasattr(m, "make_tensordict_primer")][0].make_tensordict_primer())
+    env.append_transform(get_primers_from_module(policy))  # TorchRL's own primer lookup, as collectors do
     return env
 
 

@@ -37,7 +37,7 @@ def first_episode_returns(policy: TensorDictModuleBase, env: EnvBase, max_steps:
     Returns:
         float ``[N]``: each env's first-episode return.
     """
-    if env.batch_size.numel() < 1 or len(env.batch_size) != 1:
+    if len(env.batch_size) != 1:
         raise ValueError(f"first_episode_returns: expected an env with one batch dim [N], received {list(env.batch_size)}.")
     n = env.batch_size[0]
     was_training = policy.training

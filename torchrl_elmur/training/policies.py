@@ -52,12 +52,12 @@ def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None,
     if (num_actions is None) == (action_dim is None):
         raise ValueError(f"make_bc_actor: give exactly one of num_actions (discrete) and action_dim (continuous); "
                          f"received num_actions={num_actions}, action_dim={action_dim}.")
-    encoder = Mod(nn.Sequential(nn.Linear(obs_size, width), nn.GELU()), ["observation"], ["embed"])
     mem = make_memory(memory, width, config)
+    layers = [nn.Linear(obs_size, width), nn.GELU()]
+    if mem is None:  # no memory: one more hidden layer, so that the MLP is not only shallower
+        layers += [nn.Linear(width, width), nn.GELU()]
+    encoder = Mod(nn.Sequential(*layers), ["observation"], ["embed"])
     features, out = ("embed", width) if mem is None else ("memory", config.d_model if memory == "elmur" else width)
-    if memory == "mlp":  # no memory: one more hidden layer, so that the MLP is not only shallower
-        encoder = Mod(nn.Sequential(nn.Linear(obs_size, width), nn.GELU(), nn.Linear(width, width), nn.GELU()),
-                      ["observation"], ["embed"])
     trunk = [encoder] if mem is None else [encoder, mem]
     if num_actions is not None:
         head = Mod(nn.Linear(out, num_actions), [features], ["logits"])
