@@ -98,3 +98,34 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
         rows = (tmp_path / "tmaze_fidelity.csv").read_text().splitlines()
         assert len(rows) == 3 and rows[1].startswith("published,0,released,2,")
         assert len(list((tmp_path / "checkpoints").glob("released_*.pt"))) == 2
+
+
+def test_online_ppo_smoke(tmp_path):
+    """--compare: four policies on a tiny budget, through the worker processes; table, files, JSON."""
+    out = tmp_path / "ppo"
+    lines = run_script("tutorials/online_ppo.py", "--compare", "--frames", "512", "--envs-per-worker", "2",
+                       "--rollout", "64", "--epochs", "1", "--minibatch-rows", "2", "--width", "16",
+                       "--eval-episodes", "2", "--wandb", "offline", "--out", str(out), "--no-progress")
+    result = json.loads(lines[-1])
+    assert result["task"] == "RepeatFirstEasy" and result["frames"] == 512
+    for p in ("elmur", "gru", "lstm", "mlp"):
+        assert result[p]["max_replay_error"] < 1e-5
+        assert -1.0 <= result[p]["eval_return"]["mean"] <= 1.0 and result[p]["collect_fps"]["mean"] > 0
+        assert (out / f"{p}_seed0.pt").stat().st_size > 0
+    assert any(line.lstrip().startswith("policy") and "x GRU" in line for line in lines)  # the table
+    rows = (out / "curves.csv").read_text().splitlines()
+    assert rows[0].startswith("policy,seed,frames,return") and len(rows) == 1 + 4 * 2  # 2 updates per policy
+    assert (out / "curves.png").stat().st_size > 0 and (out / "wandb").is_dir()
+
+
+def test_online_ppo_rejects_continuous_tasks_and_bad_sizes():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials/online_ppo.py"), "--minibatch-rows", "99"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "--minibatch-rows (99) must be <= the envs per batch (16)" in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials/online_ppo.py"), "--task", "NoSuchTask"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "--task" in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "tutorials/online_ppo.py"), "--task", "PositionOnlyPendulumEasy"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and "PositionOnlyPendulumEasy has continuous actions" in proc.stderr

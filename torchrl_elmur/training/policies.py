@@ -13,7 +13,7 @@ from tensordict.nn import TensorDictModule as Mod
 from tensordict.nn import TensorDictSequential as Seq
 from torch import nn
 from torch.distributions import Categorical
-from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor
+from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor, ValueOperator
 
 from ..core import ELMURConfig
 from ..modules import ELMURModule
@@ -21,19 +21,48 @@ from ..modules import ELMURModule
 MEMORIES = ("elmur", "gru", "lstm", "mlp")
 
 
-def make_memory(memory: str, width: int, config: ELMURConfig | None = None) -> nn.Module | None:
-    """The memory module reading ``embed`` and writing ``memory`` (``None`` for ``"mlp"``)."""
-    keys = dict(in_key="embed", out_key="memory")
+def make_memory(memory: str, width: int, config: ELMURConfig | None = None, *, in_key: str = "embed",
+                out_key: str = "memory", state_key: str | None = None) -> nn.Module | None:
+    """The memory module reading ``in_key`` and writing ``out_key`` (``None`` for ``"mlp"``).
+
+    ``state_key``: its recurrent state key (``None``: the module's default, ``"recurrent_state"``;
+    an LSTM keeps ``<state_key>_h`` and ``<state_key>_c``). Actor and critic need distinct keys.
+    """
     if memory == "elmur":
         if config is None or config.token_size != width:
             raise ValueError(f"make_memory: 'elmur' needs an ELMURConfig with input_size {width}, received "
                              f"{None if config is None else config.token_size}.")
-        return ELMURModule(config=config, **keys)
+        return ELMURModule(config=config, in_key=in_key, out_key=out_key, **({} if state_key is None else
+                                                                                {"state_key": state_key}))
     if memory in ("gru", "lstm"):
-        return {"gru": GRUModule, "lstm": LSTMModule}[memory](input_size=width, hidden_size=width, **keys)
+        cls = {"gru": GRUModule, "lstm": LSTMModule}[memory]
+        if state_key is None:
+            return cls(input_size=width, hidden_size=width, in_key=in_key, out_key=out_key)
+        states = [state_key] if memory == "gru" else [f"{state_key}_h", f"{state_key}_c"]
+        return cls(input_size=width, hidden_size=width, in_keys=[in_key, *states, "is_init"],
+                   out_keys=[out_key, *[("next", k) for k in states]])
     if memory == "mlp":
         return None
     raise ValueError(f"make_memory: memory={memory!r} is invalid: expected one of {MEMORIES}.")
+
+
+def make_trunk(memory: str, obs_size: int, *, width: int = 64, config: ELMURConfig | None = None,
+               prefix: str | None = None) -> tuple[Seq, str, int]:
+    """``observation [*B, obs_size]`` -> Linear + GELU -> memory: returns ``(trunk, features key, width)``.
+
+    Keys: ``embed`` and ``memory`` (``<prefix>_embed``, ``<prefix>_memory`` and state key
+    ``<prefix>_rs`` with a ``prefix``). ``"mlp"``: a second Linear + GELU instead of a memory, so
+    that the memoryless trunk is not only shallower.
+    """
+    names = ("embed", "memory", None) if prefix is None else (f"{prefix}_embed", f"{prefix}_memory", f"{prefix}_rs")
+    mem = make_memory(memory, width, config, in_key=names[0], out_key=names[1], state_key=names[2])
+    layers = [nn.Linear(obs_size, width), nn.GELU()]
+    if mem is None:
+        layers += [nn.Linear(width, width), nn.GELU()]
+    encoder = Mod(nn.Sequential(*layers), ["observation"], [names[0]])
+    if mem is None:
+        return Seq(encoder), names[0], width
+    return Seq(encoder, mem), names[1], config.d_model if memory == "elmur" else width
 
 
 def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None, action_dim: int | None = None,
@@ -52,20 +81,41 @@ def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None,
     if (num_actions is None) == (action_dim is None):
         raise ValueError(f"make_bc_actor: give exactly one of num_actions (discrete) and action_dim (continuous); "
                          f"received num_actions={num_actions}, action_dim={action_dim}.")
-    mem = make_memory(memory, width, config)
-    layers = [nn.Linear(obs_size, width), nn.GELU()]
-    if mem is None:  # no memory: one more hidden layer, so that the MLP is not only shallower
-        layers += [nn.Linear(width, width), nn.GELU()]
-    encoder = Mod(nn.Sequential(*layers), ["observation"], ["embed"])
-    features, out = ("embed", width) if mem is None else ("memory", config.d_model if memory == "elmur" else width)
-    trunk = [encoder] if mem is None else [encoder, mem]
+    trunk, features, out = make_trunk(memory, obs_size, width=width, config=config)  # flattened below: stable weight names
     if num_actions is not None:
         head = Mod(nn.Linear(out, num_actions), [features], ["logits"])
-        return ProbabilisticActor(Seq(*trunk, head), in_keys=["logits"], out_keys=["action"],
+        return ProbabilisticActor(Seq(*trunk.module, head), in_keys=["logits"], out_keys=["action"],
                                   distribution_class=Categorical, default_interaction_type=InteractionType.DETERMINISTIC)
     scale = float(action_bound)
     head = Mod(nn.Sequential(nn.Linear(out, action_dim), nn.Tanh(), _Scale(scale)), [features], ["action"])
-    return Seq(*trunk, head)
+    return Seq(*trunk.module, head)
+
+
+def make_actor_critic(memory: str, obs_size: int, num_actions: int, *, width: int = 64,
+                      config: ELMURConfig | None = None) -> tuple[ProbabilisticActor, Seq]:
+    """A recurrent PPO actor and critic (discrete actions), each with its own trunk and state key.
+
+    actor: ``observation`` -> trunk (state ``actor_rs``) -> ``logits`` -> Categorical ``action``
+    with ``action_log_prob`` (sampled by default, greedy under ``ExplorationType.DETERMINISTIC``).
+    critic: ``observation`` -> trunk (state ``critic_rs``) -> ``state_value [*B, 1]``. Only the
+    memory differs between ``memory`` kinds (:data:`MEMORIES`); the heads start small (gain 0.01
+    for the logits, as in common PPO practice) so the first policy is close to uniform.
+
+    Examples:
+        >>> actor, critic = make_actor_critic("gru", 4, 3, width=8)
+        >>> actor.in_keys, critic.out_keys[-1]
+        (['observation', 'actor_rs', 'is_init'], 'state_value')
+    """
+    actor_trunk, actor_features, out = make_trunk(memory, obs_size, width=width, config=config, prefix="actor")
+    critic_trunk, critic_features, _ = make_trunk(memory, obs_size, width=width, config=config, prefix="critic")
+    logits = nn.Linear(out, num_actions)
+    nn.init.orthogonal_(logits.weight, gain=0.01)
+    nn.init.zeros_(logits.bias)
+    actor = ProbabilisticActor(Seq(*actor_trunk.module, Mod(logits, [actor_features], ["logits"])),
+                               in_keys=["logits"], out_keys=["action"], distribution_class=Categorical,
+                               return_log_prob=True, default_interaction_type=InteractionType.RANDOM)
+    critic = Seq(*critic_trunk.module, ValueOperator(nn.Linear(out, 1), in_keys=[critic_features]))
+    return actor, critic
 
 
 class _Scale(nn.Module):
