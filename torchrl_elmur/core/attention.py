@@ -73,26 +73,19 @@ class RelativeSelfAttention(nn.Module):
         self.register_buffer(
             "distance_embedding", sinusoid_embedding(torch.arange(max_distance), d_model).float(), persistent=False
         )  # [K, D]
-        self._r_cache: tuple | None = None  # (key, r) of the last relative keys computed without grad
 
     def relative_keys(self, dtype: torch.dtype, position_mask: Tensor | None = None) -> Tensor:
         """``W_r sinusoid(delta)`` for delta = 0 .. K-1, split into heads: ``[1, H, K, d]``.
 
         ``position_mask`` (``[K, D]``, a dropout mask already scaled by 1/(1-p)) multiplies the
-        sinusoid first (position-embedding dropout). Without autograd and without a mask the
-        result is cached until the weights change (their version counter moves).
+        sinusoid first (position-embedding dropout). Computed at every call, never cached: a
+        cache keyed on the weights' version counter goes stale when another process writes the
+        weights in shared memory (TorchRL's multi-process collectors do), which no counter sees.
         """
         if position_mask is not None:
             emb = self.distance_embedding.to(dtype) * position_mask
             return split_heads(self.r_proj(emb).unsqueeze(0), self.num_heads)
-        if torch.is_grad_enabled():
-            return split_heads(self.r_proj(self.distance_embedding.to(dtype)).unsqueeze(0), self.num_heads)
-        w = self.r_proj.weight
-        key = (dtype, w.device, w.data_ptr(), w._version)
-        if self._r_cache is None or self._r_cache[0] != key:
-            r = split_heads(self.r_proj(self.distance_embedding.to(dtype)).unsqueeze(0), self.num_heads)
-            self._r_cache = (key, r)
-        return self._r_cache[1]
+        return split_heads(self.r_proj(self.distance_embedding.to(dtype)).unsqueeze(0), self.num_heads)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``x [B, n, D]`` -> queries, keys, values, each ``[B, n, D]``."""
