@@ -28,10 +28,11 @@ CONFIG = ELMURConfig.popgym(input_size=16, d_model=16, num_layers=2, num_heads=2
 T = 64  # RepeatFirstEasy episodes last 51 steps: every row holds an episode end
 
 
-def collect_rows(memory: str, n_envs: int = 3, batches: int = 2):
+def collect_rows(memory: str, n_envs: int = 3, batches: int = 2, layout: str = "tokens"):
     """Two consecutive collector batches as rows [n_envs, T] (the second starts mid-episode)."""
     torch.manual_seed(0)
-    actor, critic = make_actor_critic(memory, 4, 4, width=16, config=CONFIG if memory == "elmur" else None)
+    actor, critic = make_actor_critic(memory, 4, 4, width=16, config=CONFIG if memory == "elmur" else None,
+                                      state_layout=layout)
     policy = TensorDictSequential(actor, critic)
     env = make_popgym_env("RepeatFirstEasy", num_envs=n_envs)
     primers = get_primers_from_module(policy)
@@ -51,9 +52,9 @@ def replayed_log_prob(actor, rows):
         return actor.get_dist(rows.copy()).log_prob(rows["action"])
 
 
-@pytest.mark.parametrize("memory", ["elmur", "gru", "lstm"])
-def test_row_start_states_replay_the_collection_exactly(memory):
-    actor, critic, batches = collect_rows(memory)
+@pytest.mark.parametrize("memory, layout", [("elmur", "tokens"), ("elmur", "cache"), ("gru", None), ("lstm", None)])
+def test_row_start_states_replay_the_collection_exactly(memory, layout):
+    actor, critic, batches = collect_rows(memory, layout=layout or "tokens")
     keys = recurrent_state_keys(actor, critic)
     assert keys == ({"lstm": ["actor_rs_h", "actor_rs_c", "critic_rs_h", "critic_rs_c"]}.get(memory, ["actor_rs", "critic_rs"]))
     rows = batches[1]
@@ -104,7 +105,10 @@ def test_row_start_states_errors():
 @pytest.mark.parametrize("policy", ["elmur", "lstm"])
 def test_tutorial_checks_the_replay_at_every_update(policy, tmp_path):
     """Each update of the tutorial's loop replays its whole batch before the first step (online_ppo.train
-    raises above 1e-4): two updates, the second from states carried over from the first batch."""
+    raises above 1e-4): two updates, the second from states carried over from the first batch and
+    collected by worker processes with the weights of the first update (pushed through shared memory:
+    a per-process weight cache, keyed on version counters that such writes do not move, once made this
+    replay differ by 6e-4 and growing)."""
     args = online_ppo.Args(policy=policy, frames=2 * 4 * T, num_workers=2, envs_per_worker=2, rollout=T, epochs=1,
                            minibatch_rows=2, width=16, segment_len=5, memory_slots=2, eval_episodes=4,
                            wandb="disabled", out=str(tmp_path), progress=False)

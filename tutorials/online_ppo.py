@@ -10,8 +10,9 @@ The script reads top to bottom:
   1. Args        : every knob, declared once (`--help` lists them with their defaults)
   2. the policy  : encoder -> memory (ELMURModule | GRUModule | LSTMModule | none) -> heads;
                    actor and critic each with their own trunk and state key (actor_rs, critic_rs)
-  3. collection  : ParallelEnv of --num-workers processes, a TorchRL Collector running actor and
-                   critic, frames_per_batch = envs x --rollout: one [envs, T] batch of rows
+  3. collection  : TorchRL's MultiSyncCollector: --num-workers processes, each stepping its envs
+                   with a copy of actor + critic (weights pushed after every update);
+                   frames_per_batch = envs x --rollout: one [envs, T] batch of rows
   4. advantages  : TorchRL's GAE over the recurrent critic on the whole batch (recurrent mode)
   5. storage     : RowStartStates keeps each state key only at t = 0 of each row (the replay
                    reads nothing else); the batch's bytes before and after are logged
@@ -28,6 +29,7 @@ The script reads top to bottom:
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,9 +38,8 @@ from typing import Literal
 
 import torch
 from tensordict.nn import TensorDictSequential
-from torchrl.collectors import Collector
-from torchrl.envs import ParallelEnv, RewardSum, TransformedEnv
-from torchrl.envs.transforms import InitTracker
+from torchrl.collectors import MultiSyncCollector
+from torchrl.envs import RewardSum, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import set_recurrent_mode
 from torchrl.modules.utils import get_primers_from_module
@@ -67,7 +68,7 @@ class Args:
     compare: bool = False  # run elmur, gru, lstm and mlp (each on every seed)
     seeds: list[int] = field(default_factory=lambda: [0])  # one run per seed
     frames: int = 65_536  # environment steps per run
-    num_workers: int = 2  # env worker processes (ParallelEnv)
+    num_workers: int = 2  # collector worker processes (MultiSyncCollector)
     envs_per_worker: int = 8  # envs stepped together in each worker
     rollout: int = 64  # T: steps per row (collector batch: envs x T frames)
     epochs: int = 4  # PPO epochs per batch
@@ -83,6 +84,7 @@ class Args:
     segment_len: int = 16  # ELMUR K
     memory_slots: int = 4  # ELMUR M
     num_layers: int = 2  # ELMUR L
+    state_layout: Literal["cache", "tokens"] = "cache"  # ELMUR's recurrent state: keys/values (faster steps) or inputs (fewer bytes)
     keep_state: Literal["row-starts", "all"] = "row-starts"  # stored batch: states at row starts only, or at every step
     eval_episodes: int = 100  # greedy evaluation episodes on seeds EVAL_SEED + i (0: none)
     out: str = "outputs/online_ppo"  # curves (CSV, PNG), checkpoints, wandb
@@ -122,16 +124,26 @@ def elmur_config(args: Args) -> ELMURConfig:
 # ----------------------------------------------------------------------------------------------
 # 3. Collection: worker processes step the envs; the policy runs here, its state carried by TorchRL
 # ----------------------------------------------------------------------------------------------
-def make_train_env(args: Args, policy) -> TransformedEnv:
-    def make_worker_env():
-        return make_popgym_env(args.task, num_envs=args.envs_per_worker, init_tracker=False)
-
-    env = TransformedEnv(ParallelEnv(args.num_workers, make_worker_env), InitTracker())
+def make_worker_env(task: str, envs_per_worker: int, policy) -> TransformedEnv:
+    """One worker's envs: ``envs_per_worker`` POPGym envs stepped together (``InitTracker``), the
+    episode return (``RewardSum``) and the policy's primers (its recurrent state keys, zeros at
+    every reset)."""
+    env = make_popgym_env(task, num_envs=envs_per_worker)
     env.append_transform(RewardSum())  # episode_reward at done steps: the learning curve
-    primers = get_primers_from_module(policy)  # the recurrent state keys, zeros at every reset
+    primers = get_primers_from_module(policy)
     if primers is not None:
         env.append_transform(primers)
     return env
+
+
+def make_collector(args: Args, policy, seed: int) -> MultiSyncCollector:
+    """``num_workers`` processes, each with its envs and a copy of the policy (weights pushed by
+    ``update_policy_weights_()`` after every update); each batch is ``[workers, envs, T]``."""
+    make_env = functools.partial(make_worker_env, args.task, args.envs_per_worker, policy)
+    collector = MultiSyncCollector([make_env] * args.num_workers, policy, frames_per_batch=envs(args) * args.rollout,
+                                   total_frames=args.frames)
+    collector.set_seed(seed)
+    return collector
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,13 +159,10 @@ def replay_error(actor, rows) -> float:
 def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) -> dict:
     torch.manual_seed(seed)
     obs_size, num_actions = spec_sizes(args.task)
-    actor, critic = make_actor_critic(kind, obs_size, num_actions, width=args.width,
+    actor, critic = make_actor_critic(kind, obs_size, num_actions, width=args.width, state_layout=args.state_layout,
                                       config=elmur_config(args) if kind == "elmur" else None)
     policy = TensorDictSequential(actor, critic)  # the collector records both states and state_value
-    env = make_train_env(args, policy)
-    frames_per_batch = envs(args) * args.rollout
-    collector = Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=args.frames)
-    collector.set_seed(seed)
+    collector = make_collector(args, policy, seed)
     gae = GAE(gamma=args.gamma, lmbda=args.lmbda, value_network=critic, average_gae=True, deactivate_vmap=True)
     loss_module = ClipPPOLoss(actor, critic, clip_epsilon=args.clip, entropy_coeff=args.entropy,
                               critic_coeff=args.critic_coef, normalize_advantage=False)
@@ -202,8 +211,6 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
     finally:  # worker processes are stopped on errors too
         bar.close()
         collector.shutdown()
-        if not env.is_closed:
-            env.close()
     result = {"curve": curve, "collect_fps": frames / collect_s, "train_seconds": train_s, "collect_seconds": collect_s,
               "max_replay_error": max(p["replay_error"] for p in curve), "actor": actor, "critic": critic}
     if args.eval_episodes:

@@ -22,18 +22,19 @@ MEMORIES = ("elmur", "gru", "lstm", "mlp")
 
 
 def make_memory(memory: str, width: int, config: ELMURConfig | None = None, *, in_key: str = "embed",
-                out_key: str = "memory", state_key: str | None = None) -> nn.Module | None:
+                out_key: str = "memory", state_key: str | None = None, state_layout: str = "tokens") -> nn.Module | None:
     """The memory module reading ``in_key`` and writing ``out_key`` (``None`` for ``"mlp"``).
 
     ``state_key``: its recurrent state key (``None``: the module's default, ``"recurrent_state"``;
     an LSTM keeps ``<state_key>_h`` and ``<state_key>_c``). Actor and critic need distinct keys.
+    ``state_layout``: ELMUR's stored state (``"tokens"`` or ``"cache"``, see ELMURModule).
     """
     if memory == "elmur":
         if config is None or config.token_size != width:
             raise ValueError(f"make_memory: 'elmur' needs an ELMURConfig with input_size {width}, received "
                              f"{None if config is None else config.token_size}.")
-        return ELMURModule(config=config, in_key=in_key, out_key=out_key, **({} if state_key is None else
-                                                                                {"state_key": state_key}))
+        keys = {} if state_key is None else {"state_key": state_key}
+        return ELMURModule(config=config, in_key=in_key, out_key=out_key, state_layout=state_layout, **keys)
     if memory in ("gru", "lstm"):
         cls = {"gru": GRUModule, "lstm": LSTMModule}[memory]
         if state_key is None:
@@ -47,7 +48,7 @@ def make_memory(memory: str, width: int, config: ELMURConfig | None = None, *, i
 
 
 def make_trunk(memory: str, obs_size: int, *, width: int = 64, config: ELMURConfig | None = None,
-               prefix: str | None = None) -> tuple[Seq, str, int]:
+               prefix: str | None = None, state_layout: str = "tokens") -> tuple[Seq, str, int]:
     """``observation [*B, obs_size]`` -> Linear + GELU -> memory: returns ``(trunk, features key, width)``.
 
     Keys: ``embed`` and ``memory`` (``<prefix>_embed``, ``<prefix>_memory`` and state key
@@ -55,7 +56,8 @@ def make_trunk(memory: str, obs_size: int, *, width: int = 64, config: ELMURConf
     that the memoryless trunk is not only shallower.
     """
     names = ("embed", "memory", None) if prefix is None else (f"{prefix}_embed", f"{prefix}_memory", f"{prefix}_rs")
-    mem = make_memory(memory, width, config, in_key=names[0], out_key=names[1], state_key=names[2])
+    mem = make_memory(memory, width, config, in_key=names[0], out_key=names[1], state_key=names[2],
+                      state_layout=state_layout)
     layers = [nn.Linear(obs_size, width), nn.GELU()]
     if mem is None:
         layers += [nn.Linear(width, width), nn.GELU()]
@@ -92,7 +94,7 @@ def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None,
 
 
 def make_actor_critic(memory: str, obs_size: int, num_actions: int, *, width: int = 64,
-                      config: ELMURConfig | None = None) -> tuple[ProbabilisticActor, Seq]:
+                      config: ELMURConfig | None = None, state_layout: str = "tokens") -> tuple[ProbabilisticActor, Seq]:
     """A recurrent PPO actor and critic (discrete actions), each with its own trunk and state key.
 
     actor: ``observation`` -> trunk (state ``actor_rs``) -> ``logits`` -> Categorical ``action``
@@ -106,8 +108,9 @@ def make_actor_critic(memory: str, obs_size: int, num_actions: int, *, width: in
         >>> actor.in_keys, critic.out_keys[-1]
         (['observation', 'actor_rs', 'is_init'], 'state_value')
     """
-    actor_trunk, actor_features, out = make_trunk(memory, obs_size, width=width, config=config, prefix="actor")
-    critic_trunk, critic_features, _ = make_trunk(memory, obs_size, width=width, config=config, prefix="critic")
+    kw = dict(width=width, config=config, state_layout=state_layout)
+    actor_trunk, actor_features, out = make_trunk(memory, obs_size, prefix="actor", **kw)
+    critic_trunk, critic_features, _ = make_trunk(memory, obs_size, prefix="critic", **kw)
     logits = nn.Linear(out, num_actions)
     nn.init.orthogonal_(logits.weight, gain=0.01)
     nn.init.zeros_(logits.bias)
