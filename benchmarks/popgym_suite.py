@@ -16,8 +16,9 @@ gradient spans C steps.
     python benchmarks/popgym_suite.py                                  # 6 memory tasks, CPU preset
     python benchmarks/popgym_suite.py --tasks RepeatFirstHard --window 840 --chunk 105
     python benchmarks/popgym_suite.py --all                            # all 48 tasks (hours on a CPU)
+    python benchmarks/popgym_suite.py --merge easy/popgym_suite.json hard/popgym_suite.json  # one table from runs
 
-Prints a table, writes ``<out>/popgym_suite.{csv,md,png}`` and ends with one JSON line.
+Prints a table, writes ``<out>/popgym_suite.{csv,md,png,json}`` and ends with one JSON line (the .json).
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class Args:
     out: str = "outputs/benchmarks"
     cache: str = "outputs/cache/popgym"  # where the datasets are stored
     progress: bool = True
+    merge: list[str] = field(default_factory=list)  # popgym_suite.json files of earlier runs: one table of all their tasks, no training
 
 
 def check(args: Args) -> str | None:
@@ -189,8 +191,44 @@ def plot(table: dict[str, dict[str, float]], columns: list[str], path: Path) -> 
     plt.close(fig)
 
 
+def report(table: dict[str, dict[str, float]], columns: list[str], header: str, rows: list[dict], args: Args,
+           extra: dict) -> None:
+    """Table with the sums, CSV / markdown / PNG / JSON under ``args.out``; the JSON is also the last line."""
+    summary = [{"task": t, **table[t]} for t in table] + aggregates(table, columns)
+    cols = [("task", "task", "s")] + [(c, c, "+.3f") for c in columns]
+    out = write_report("popgym_suite", header, summary, cols, args.out, csv_rows=rows)
+    plot(table, columns, out / "popgym_suite.png")
+    sums = {s["task"]: {c: s[c] for c in columns} for s in summary if s["task"].startswith("sum")}
+    result = json.dumps({"benchmark": "popgym_suite", "tasks": table, "sums": sums, "rows": rows, **extra})
+    (out / "popgym_suite.json").write_text(result + "\n")
+    print(f"wrote {out / 'popgym_suite.csv'}, .md, .png, .json")
+    print(result)
+
+
+def merge(paths: list[str], args: Args) -> None:
+    """One report from the JSON files of earlier runs (tasks in file order; a task twice is an error)."""
+    table, rows, columns, runs = {}, [], None, []
+    for path in paths:
+        run = json.loads(Path(path).read_text())
+        cols = list(next(iter(run["tasks"].values())))
+        if columns is None:
+            columns = cols
+        elif set(cols) != set(columns):
+            raise SystemExit(f"--merge: {path} has columns {cols}, the first file has {columns}")
+        twice = set(run["tasks"]) & set(table)
+        if twice:
+            raise SystemExit(f"--merge: tasks {sorted(twice)} are in {path} and in an earlier file")
+        table.update(run["tasks"])
+        rows += run["rows"]
+        runs.append({k: run.get(k) for k in ("window", "chunk", "preset")})
+    header = f"POPGym BC: {len(table)} tasks merged from {len(paths)} runs ({', '.join(paths)})"
+    report(table, columns, header, rows, args, {"merged": paths, "runs": runs})
+
+
 def main() -> None:
     args = parse_dataclass(Args, __doc__.splitlines()[0], check=check)
+    if args.merge:
+        return merge(args.merge, args)
     torch.set_num_threads(args.threads)
     tasks = sorted(popgym_tasks()) if args.all else [task_name(t) for t in args.tasks]
     start = time.perf_counter()
@@ -205,19 +243,12 @@ def main() -> None:
             print(f"  {task:28s} {memory:6s} mean return {row['mean_return']:+.3f} (oracle {table[task]['oracle']:+.3f}, "
                   f"random {table[task]['random']:+.3f}; train {row['train_seconds']:.0f} s)", flush=True)
     columns = ["oracle", *args.policies, "random"]
-    summary = [{"task": t, **table[t]} for t in tasks] + aggregates(table, columns)
     window, chunk = resolved_window(args)
     header = (f"POPGym BC: {len(tasks)} tasks, {args.episodes} oracle episodes each, {args.steps} x [{args.batch}, {window}] "
               f"(chunks of {chunk}), ELMUR preset {args.preset!r} (detach_memory={args.detach_memory}), width {args.width}, "
               f"{args.eval_episodes} eval episodes; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
               f"{time.perf_counter() - start:.0f} s")
-    cols = [("task", "task", "s")] + [(c, c, "+.3f") for c in columns]
-    out = write_report("popgym_suite", header, summary, cols, args.out, csv_rows=rows)
-    plot(table, columns, out / "popgym_suite.png")
-    print(f"wrote {out / 'popgym_suite.csv'}, .md, .png")
-    sums = {s["task"]: {c: s[c] for c in columns} for s in summary if s["task"].startswith("sum")}
-    print(json.dumps({"benchmark": "popgym_suite", "tasks": table, "sums": sums, "rows": rows,
-                      "window": window, "chunk": chunk, "preset": args.preset}))
+    report(table, columns, header, rows, args, {"window": window, "chunk": chunk, "preset": args.preset})
 
 
 if __name__ == "__main__":

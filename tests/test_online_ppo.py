@@ -113,7 +113,7 @@ def test_tutorial_checks_the_replay_at_every_update(policy, tmp_path):
                            minibatch_rows=2, width=16, segment_len=5, memory_slots=2, eval_episodes=4,
                            wandb="disabled", out=str(tmp_path), progress=False)
     result = online_ppo.train(policy, 0, args, progress=False)
-    assert len(result["curve"]) == 2 and result["max_replay_error"] < 1e-5
+    assert len(result["curve"]) == 2 and result["max_replay_error"] < 1e-4  # float32 log-probs
     first = result["curve"][0]
     # states at row starts only: most of ELMUR's batch was state; an LSTM's (width 16) was not
     assert first["stored_bytes"] < first["batch_bytes"] / (4 if policy == "elmur" else 1)

@@ -93,7 +93,14 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
         assert set(result["tasks"]) == {"RepeatPreviousEasy", "PositionOnlyPendulumEasy"}
         assert {"oracle", "random", "elmur", "mlp"} <= set(result["tasks"]["RepeatPreviousEasy"])
         assert set(result["sums"]) == {"sum: All (2 tasks)", "sum: Puzzle (1 tasks)", "sum: Reactive (1 tasks)"}
-        assert {p.name for p in tmp_path.iterdir()} >= {"popgym_suite.csv", "popgym_suite.md", "popgym_suite.png"}
+        assert {p.name for p in tmp_path.iterdir()} >= {"popgym_suite.csv", "popgym_suite.md", "popgym_suite.png",
+                                                       "popgym_suite.json"}
+        merged = json.loads(run_script(script, "--merge", str(tmp_path / "popgym_suite.json"), "--out",
+                                       str(tmp_path / "merged"))[-1])  # one report from saved runs, no training
+        assert merged["tasks"] == result["tasks"] and merged["sums"] == result["sums"]
+        proc = subprocess.run([sys.executable, str(ROOT / script), "--merge", *[str(tmp_path / "popgym_suite.json")] * 2],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        assert proc.returncode != 0 and "are in" in proc.stderr and "and in an earlier file" in proc.stderr
     if benchmark == "tmaze_fidelity":
         rows = (tmp_path / "tmaze_fidelity.csv").read_text().splitlines()
         assert len(rows) == 3 and rows[1].startswith("published,0,released,2,")
@@ -109,7 +116,7 @@ def test_online_ppo_smoke(tmp_path):
     result = json.loads(lines[-1])
     assert result["task"] == "RepeatFirstEasy" and result["frames"] == 512
     for p in ("elmur", "gru", "lstm", "mlp"):
-        assert result[p]["max_replay_error"] < 1e-5
+        assert result[p]["max_replay_error"] < 1e-4
         assert -1.0 <= result[p]["eval_return"]["mean"] <= 1.0 and result[p]["collect_fps"]["mean"] > 0
         assert (out / f"{p}_seed0.pt").stat().st_size > 0
     assert any(line.lstrip().startswith("policy") and "x GRU" in line for line in lines)  # the table
