@@ -46,6 +46,7 @@ from torchrl_elmur.objectives import SequenceCrossEntropyLoss
 from torchrl_elmur.training import (BCHistory, episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate, train_bc)
 from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.distributed import DistributedContext, init_distributed, shutdown, wrap_ddp
 
 POLICIES = ("elmur", "lstm", "gru")
 
@@ -136,7 +137,7 @@ def make_actor(kind: str, args: Args, config: ELMURConfig | None = None) -> Prob
 # ----------------------------------------------------------------------------------------------
 # 3-4. Data and training
 # ----------------------------------------------------------------------------------------------
-def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> BCHistory:
+def train(actor: ProbabilisticActor, args: Args, run, kind: str, ctx: DistributedContext) -> BCHistory:
     """Train ``actor``; with ``select_corridor`` it ends with the weights that did best at that
     corridor on validation episodes. Why: success beyond the training length is not what the loss
     measures, and it comes and goes during training (at corridor 1000, probes of one run read
@@ -145,7 +146,8 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> BCHistory:
     episodes use other seeds than the evaluation; corridors above select_corridor stay unseen."""
     data = make_tmaze_dataset(args.episodes, max_corridor=args.max_corridor, seed=args.seed)
     buffer = make_offline_replay_buffer(data, args.batch, args.seq_len, seed=args.seed)
-    loss_module = SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing)
+    # under torchrun: DDP averages the gradients; every rank trains on its rows of the same batch
+    loss_module = wrap_ddp(SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing), ctx)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
 
     def validate(policy) -> dict:
@@ -155,7 +157,7 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> BCHistory:
     select = args.select_corridor > 0
     return train_bc(actor, loss_module, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=args.seq_len,
                     grad_clip=args.grad_clip, name=kind, run=run, probe=validate if select else None,
-                    probe_every=args.select_every, select="success" if select else None)
+                    probe_every=args.select_every, select="success" if select else None, ctx=ctx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,10 +165,12 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str) -> BCHistory:
 #    one TorchRL step at a time (torchrl_elmur.training.evaluate_lengths -> tmaze_success_rate:
 #    reset, then policy -> env.step -> step_mdp, corridor_length + 2 times).
 # ----------------------------------------------------------------------------------------------
-def run_policy(kind: str, args: Args, run, out: Path) -> dict:
+def run_policy(kind: str, args: Args, run, out: Path, ctx: DistributedContext) -> dict | None:
     torch.manual_seed(args.seed)
     actor = make_actor(kind, args)
-    history = train(actor, args, run, kind)
+    history = train(actor, args, run, kind, ctx)
+    if not ctx.is_main:  # rank 0 evaluates and saves
+        return None
     if history.selected_step is not None:
         print(f"  {kind}: kept the weights of step {history.selected_step} (validation success "
               f"{max(p['result']['success'] for p in history.probes):.2f} at corridor {args.select_corridor})")
@@ -202,18 +206,25 @@ def main() -> None:
     args = parse_dataclass(Args, __doc__.split("\n\n")[0], check=check_args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    ctx = init_distributed()  # one process, or one of torchrun's ranks (README: "Scaling out")
+    if args.batch % ctx.world_size:
+        raise SystemExit(f"--batch {args.batch} must divide over the {ctx.world_size} torchrun processes")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = start_wandb(args.wandb, project="torchrl_elmur", run_dir=out, config=asdict(args), name="offline_bc")
+    run = start_wandb(args.wandb if ctx.is_main else "disabled", project="torchrl_elmur", run_dir=out,
+                      config=asdict(args) | {"world_size": ctx.world_size}, name="offline_bc")
     kinds = POLICIES if args.compare else (args.policy,)
     results = {}
     for kind in kinds:
-        print(f"== {kind}")
-        results[kind] = run_policy(kind, args, run, out)
-    report(results, args, out)
-    run.finish()
-    print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"], "selected_step": r["selected_step"]}
-                      for k, r in results.items()}))
+        if ctx.is_main:
+            print(f"== {kind}" + (f" ({ctx.world_size} ranks x {args.batch // ctx.world_size} rows)" if ctx.distributed else ""))
+        results[kind] = run_policy(kind, args, run, out, ctx)
+    if ctx.is_main:
+        report(results, args, out)
+        run.finish()
+        print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"], "selected_step": r["selected_step"]}
+                          for k, r in results.items()}))
+    shutdown(ctx)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from torchrl.objectives import LossModule
 from tqdm import trange
 
 from ..modules import ELMURModule
+from .distributed import DistributedContext, shard_rows
 
 UPDATES = ("window", "segment")
 RECURRENT_MODULES = (ELMURModule, GRUModule, LSTMModule)
@@ -84,6 +85,7 @@ def train_bc(
     probe_every: int = 0,
     select: str | None = None,
     progress: bool = True,
+    ctx: DistributedContext | None = None,
 ) -> BCHistory:
     """Behaviour cloning: ``steps`` samples of ``[batch, seq_len]`` from ``buffer``, each trained on.
 
@@ -103,6 +105,10 @@ def train_bc(
         select: a key of the probe's results: at the end the actor gets back the weights of the
             probe that scored highest on it (the latest among ties), as the released ELMUR
             trainer keeps its best checkpoint by validation success. None: the last weights.
+        ctx: under ``torchrun`` (:func:`~torchrl_elmur.training.distributed.init_distributed`), with
+            ``loss_module`` wrapped by ``wrap_ddp``: every rank samples the same global batch of
+            ``batch`` rows and trains on its shard (``batch`` must divide by the world size); only
+            rank 0 shows progress and probes (and keeps the selected weights).
 
     Returns:
         a :class:`BCHistory`.
@@ -114,6 +120,11 @@ def train_bc(
     if updates == "segment" and (segment_len is None or segment_len < 1 or seq_len % segment_len):
         raise ValueError(f"train_bc: updates='segment' needs segment_len dividing seq_len={seq_len}, received {segment_len}.")
     chunk_len = segment_len if updates == "segment" else seq_len
+    ctx = ctx or DistributedContext()
+    if batch % ctx.world_size:
+        raise ValueError(f"train_bc: batch={batch} rows must divide over the {ctx.world_size} ranks.")
+    if not ctx.is_main:
+        progress, probe, select, run = False, None, None, None
     pairs = state_key_pairs(actor)
     history = BCHistory()
     best_score, best_weights = float("-inf"), None
@@ -123,6 +134,7 @@ def train_bc(
     for step in bar:
         start = time.perf_counter()
         sample = buffer.sample().reshape(batch, seq_len)  # [B, T], each row from an episode start
+        sample = shard_rows(sample, ctx)  # this rank's rows (all of them in one process)
         previous = None
         for c in range(seq_len // chunk_len):
             chunk = sample[:, c * chunk_len:(c + 1) * chunk_len]

@@ -1,0 +1,67 @@
+"""DDP under torchrun: N ranks with B/N rows each take the steps one process takes with B rows."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "ddp_bc_run.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from ddp_bc_run import build_actor  # noqa: E402
+
+
+def torchrun(nproc: int, out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ELMUR_DDP_TIMEOUT": "60"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           str(SCRIPT), str(out), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def trained(nproc: int, tmp_path: Path, updates: str, optimizer: str) -> dict:
+    out = tmp_path / f"{updates}_{optimizer}_{nproc}.pt"
+    proc = torchrun(nproc, out, "4", "8", updates, optimizer)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = torch.load(out)
+    assert params.pop("world_size") == nproc
+    return params
+
+
+@pytest.mark.parametrize("updates, optimizer", [("window", "adamw"), ("segment", "sgd")])
+def test_two_ranks_take_the_steps_of_one(tmp_path, updates, optimizer):
+    """4 optimizer steps (8 with segment updates) on 8 rows of T-Maze data (float64, no dropout):
+    1 process with the 8 rows, or 2 ranks with 4 rows each, end with the same weights."""
+    one, two = trained(1, tmp_path, updates, optimizer), trained(2, tmp_path, updates, optimizer)
+    start = build_actor().state_dict()
+    assert one.keys() == two.keys() == start.keys()
+    floats = [k for k in one if one[k].is_floating_point()]
+    moved = max((one[k] - start[k]).abs().max().item() for k in floats)
+    apart = max((one[k] - two[k]).abs().max().item() for k in floats)
+    assert moved > 1e-3, "training should change the weights"
+    assert apart < 1e-10, f"the 2-rank weights differ from the 1-process weights by {apart:.2e}"
+
+
+def test_a_dead_rank_fails_the_run_within_the_time_out(tmp_path):
+    start = time.monotonic()
+    proc = torchrun(2, tmp_path / "never.pt", "4", "8", "crash", "sgd")
+    assert proc.returncode != 0 and "rank 1 stops here on purpose" in proc.stderr
+    assert time.monotonic() - start < 90 and not (tmp_path / "never.pt").exists()
+
+
+def test_offline_bc_tutorial_under_torchrun(tmp_path):
+    """The BC tutorial as a user launches it on 2 processes: rank 0 alone reports and saves."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ELMUR_DDP_TIMEOUT": "60", "WANDB_SILENT": "true"}
+    out = tmp_path / "bc"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "tutorials/offline_bc.py"), "--steps", "2", "--episodes", "12", "--batch", "4",
+                           "--eval-lengths", "3", "--eval-episodes", "2", "--wandb", "offline", "--out", str(out),
+                           "--threads", "1", "--select-corridor", "0"], capture_output=True, text=True, env=env,
+                          timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines.count("== elmur (2 ranks x 2 rows)") == 1  # printed by rank 0 only
+    assert set(json.loads(lines[-1])["elmur"]["success"]) == {"3"}
+    assert (out / "elmur.pt").stat().st_size > 0
