@@ -16,6 +16,7 @@ gradient spans C steps.
     python benchmarks/popgym_suite.py                                  # 6 memory tasks, CPU preset
     python benchmarks/popgym_suite.py --tasks RepeatFirstHard --window 840 --chunk 105
     python benchmarks/popgym_suite.py --all                            # all 48 tasks (hours on a CPU)
+    torchrun --nproc_per_node=2 benchmarks/popgym_suite.py --all       # training data-parallel (DDP)
     python benchmarks/popgym_suite.py --merge easy/popgym_suite.json hard/popgym_suite.json  # one table from runs
 
 Prints a table, writes ``<out>/popgym_suite.{csv,md,png,json}`` and ends with one JSON line (the .json).
@@ -43,6 +44,8 @@ from torchrl_elmur.envs.popgym_oracles import family_of  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss  # noqa: E402
 from torchrl_elmur.training import train_bc  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed, shutdown,  # noqa: E402
+                                                wrap_ddp)
 from torchrl_elmur.training.evaluate import first_episode_returns  # noqa: E402
 from torchrl_elmur.training.policies import MEMORIES, make_bc_actor  # noqa: E402
 
@@ -137,7 +140,8 @@ def baseline_returns(task: str, episodes: int) -> dict[str, float]:
     return out
 
 
-def run_policy(task: str, memory: str, data, args: Args) -> dict:
+def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext) -> dict | None:
+    """Train one policy (on every torchrun rank, DDP) and evaluate it (rank 0; others return None)."""
     torch.manual_seed(args.seed)
     env = make_popgym_env(task, num_envs=args.eval_episodes)
     obs_size = env.observation_spec["observation"].shape[-1]
@@ -147,12 +151,16 @@ def run_policy(task: str, memory: str, data, args: Args) -> dict:
     actor = make_bc_actor(memory, obs_size, width=args.width, config=elmur_config(args) if memory == "elmur" else None,
                           **action)
     loss = SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing) if discrete else SequenceMSELoss(actor)
+    loss = wrap_ddp(loss, ctx)
     window, chunk = resolved_window(args)
     buffer = make_offline_replay_buffer(data, args.batch, window, seed=args.seed)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
     history = train_bc(actor, loss, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=window,
                        grad_clip=5.0, updates="segment" if chunk < window else "window", segment_len=chunk,
-                       name=f"{task}/{memory}", progress=args.progress)
+                       name=f"{task}/{memory}", progress=args.progress, ctx=ctx)
+    if not ctx.is_main:
+        env.close()
+        return None
     env.set_seed(EVAL_SEED)
     t0 = time.perf_counter()
     returns = first_episode_returns(actor, env, episode_limit(task), progress=args.progress, desc=f"eval {memory}")
@@ -230,25 +238,38 @@ def main() -> None:
     if args.merge:
         return merge(args.merge, args)
     torch.set_num_threads(args.threads)
+    ctx = init_distributed()  # under torchrun: every rank trains (DDP), rank 0 evaluates and reports
+    if args.batch % ctx.world_size:
+        raise SystemExit(f"--batch {args.batch} must divide over the {ctx.world_size} torchrun processes")
     tasks = sorted(popgym_tasks()) if args.all else [task_name(t) for t in args.tasks]
     start = time.perf_counter()
     rows, table = [], {}
     for task in tasks:
-        data = make_popgym_dataset(task, args.episodes, seed=args.seed, cache_dir=args.cache, progress=args.progress)
-        table[task] = baseline_returns(task, args.eval_episodes)
+        for turn in (True, False):  # rank 0 builds (or loads) the cached dataset first, the others then load it
+            if ctx.is_main == turn:
+                data = make_popgym_dataset(task, args.episodes, seed=args.seed, cache_dir=args.cache,
+                                           progress=args.progress and ctx.is_main)
+            barrier(ctx)
+        table[task] = baseline_returns(task, args.eval_episodes) if ctx.is_main else {}
         for memory in args.policies:
-            row = run_policy(task, memory, data, args)
+            row = run_policy(task, memory, data, args, ctx)
+            if row is None:
+                continue
             rows.append(row)
             table[task][memory] = row["mean_return"]
             print(f"  {task:28s} {memory:6s} mean return {row['mean_return']:+.3f} (oracle {table[task]['oracle']:+.3f}, "
                   f"random {table[task]['random']:+.3f}; train {row['train_seconds']:.0f} s)", flush=True)
+    if not ctx.is_main:
+        return shutdown(ctx)
     columns = ["oracle", *args.policies, "random"]
     window, chunk = resolved_window(args)
     header = (f"POPGym BC: {len(tasks)} tasks, {args.episodes} oracle episodes each, {args.steps} x [{args.batch}, {window}] "
               f"(chunks of {chunk}), ELMUR preset {args.preset!r} (detach_memory={args.detach_memory}), width {args.width}, "
               f"{args.eval_episodes} eval episodes; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
               f"{time.perf_counter() - start:.0f} s")
-    report(table, columns, header, rows, args, {"window": window, "chunk": chunk, "preset": args.preset})
+    report(table, columns, header, rows, args, {"window": window, "chunk": chunk, "preset": args.preset,
+                                                "world_size": ctx.world_size})
+    shutdown(ctx)
 
 
 if __name__ == "__main__":
