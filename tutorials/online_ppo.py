@@ -10,8 +10,8 @@ The script reads top to bottom:
   1. Args        : every knob, declared once (`--help` lists them with their defaults)
   2. the policy  : encoder -> memory (ELMURModule | GRUModule | LSTMModule | none) -> heads;
                    actor and critic each with their own trunk and state key (actor_rs, critic_rs)
-  3. collection  : TorchRL's MultiSyncCollector: --num-workers processes, each stepping its envs
-                   with a copy of actor + critic (weights pushed after every update);
+  3. collection  : TorchRL's MultiSyncCollector (or DistributedCollector): --num-workers processes,
+                   each stepping its envs with a copy of actor + critic (weights pushed after every update);
                    frames_per_batch = envs x --rollout: one [envs, T] batch of rows
   4. advantages  : TorchRL's GAE over the recurrent critic on the whole batch (recurrent mode)
   5. storage     : RowStartStates keeps each state key only at t = 0 of each row (the replay
@@ -25,12 +25,14 @@ The script reads top to bottom:
     python tutorials/online_ppo.py                          # ELMUR on RepeatFirstEasy
     python tutorials/online_ppo.py --compare --seeds 0 1 2  # ELMUR, GRU, LSTM, MLP; mean and spread
     python tutorials/online_ppo.py --task PositionOnlyCartPoleEasy --policy gru
+    python tutorials/online_ppo.py --collector distributed      # TorchRL's DistributedCollector (torch.distributed)
 """
 from __future__ import annotations
 
 import csv
 import functools
 import json
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from typing import Literal
 import torch
 from tensordict.nn import TensorDictSequential
 from torchrl.collectors import MultiSyncCollector
+from torchrl.collectors.distributed import DistributedCollector
 from torchrl.envs import RewardSum, TransformedEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import set_recurrent_mode
@@ -68,7 +71,8 @@ class Args:
     compare: bool = False  # run elmur, gru, lstm and mlp (each on every seed)
     seeds: list[int] = field(default_factory=lambda: [0])  # one run per seed
     frames: int = 65_536  # environment steps per run
-    num_workers: int = 2  # collector worker processes (MultiSyncCollector)
+    num_workers: int = 2  # collector worker processes
+    collector: Literal["multisync", "distributed"] = "multisync"  # TorchRL's MultiSyncCollector, or its DistributedCollector (torch.distributed, gloo; localhost here)
     envs_per_worker: int = 8  # envs stepped together in each worker
     rollout: int = 64  # T: steps per row (collector batch: envs x T frames)
     epochs: int = 4  # PPO epochs per batch
@@ -124,11 +128,13 @@ def elmur_config(args: Args) -> ELMURConfig:
 # ----------------------------------------------------------------------------------------------
 # 3. Collection: worker processes step the envs; the policy runs here, its state carried by TorchRL
 # ----------------------------------------------------------------------------------------------
-def make_worker_env(task: str, envs_per_worker: int, policy) -> TransformedEnv:
+def make_worker_env(task: str, envs_per_worker: int, policy, seed: int | None = None) -> TransformedEnv:
     """One worker's envs: ``envs_per_worker`` POPGym envs stepped together (``InitTracker``), the
     episode return (``RewardSum``) and the policy's primers (its recurrent state keys, zeros at
-    every reset)."""
+    every reset); sub-env ``i`` seeded ``seed + i``."""
     env = make_popgym_env(task, num_envs=envs_per_worker)
+    if seed is not None:
+        env.set_seed(seed)
     env.append_transform(RewardSum())  # episode_reward at done steps: the learning curve
     primers = get_primers_from_module(policy)
     if primers is not None:
@@ -136,14 +142,29 @@ def make_worker_env(task: str, envs_per_worker: int, policy) -> TransformedEnv:
     return env
 
 
-def make_collector(args: Args, policy, seed: int) -> MultiSyncCollector:
+def make_collector(args: Args, policy, seed: int):
     """``num_workers`` processes, each with its envs and a copy of the policy (weights pushed by
-    ``update_policy_weights_()`` after every update); each batch is ``[workers, envs, T]``."""
-    make_env = functools.partial(make_worker_env, args.task, args.envs_per_worker, policy)
-    collector = MultiSyncCollector([make_env] * args.num_workers, policy, frames_per_batch=envs(args) * args.rollout,
-                                   total_frames=args.frames)
-    collector.set_seed(seed)
+    ``update_policy_weights_()`` after every update); each batch is ``[workers, envs, T]``.
+
+    ``--collector multisync``: TorchRL's MultiSyncCollector (pipes and shared memory, one machine).
+    ``--collector distributed``: TorchRL's DistributedCollector (``sync=True``; workers joined by
+    ``torch.distributed`` with gloo over TCP, launched here as local processes; on a cluster its
+    ``launcher="submitit"`` or ``"submitit_delayed"`` starts them on other machines).
+    """
+    k = args.envs_per_worker
+    make_envs = [functools.partial(make_worker_env, args.task, k, policy, seed * 10_000 + w * k) for w in range(args.num_workers)]
+    frames = dict(frames_per_batch=envs(args) * args.rollout, total_frames=args.frames)
+    if args.collector == "distributed":  # its set_seed times out in torchrl 0.14.1: the envs are seeded above
+        return DistributedCollector(make_envs, policy, sync=True, launcher="mp", tcp_port=str(free_port()), **frames)
+    collector = MultiSyncCollector(make_envs, policy, **frames)
+    collector.set_seed(seed)  # also seeds each worker's torch (the policy's action sampling)
     return collector
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------
