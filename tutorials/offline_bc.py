@@ -137,7 +137,7 @@ def make_actor(kind: str, args: Args, config: ELMURConfig | None = None) -> Prob
 # ----------------------------------------------------------------------------------------------
 # 3-4. Data and training
 # ----------------------------------------------------------------------------------------------
-def train(actor: ProbabilisticActor, args: Args, run, kind: str, ctx: DistributedContext) -> BCHistory:
+def train(actor: ProbabilisticActor, args: Args, run, kind: str, ctx: DistributedContext | None = None) -> BCHistory:
     """Train ``actor``; with ``select_corridor`` it ends with the weights that did best at that
     corridor on validation episodes. Why: success beyond the training length is not what the loss
     measures, and it comes and goes during training (at corridor 1000, probes of one run read
@@ -147,7 +147,7 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str, ctx: Distribute
     data = make_tmaze_dataset(args.episodes, max_corridor=args.max_corridor, seed=args.seed)
     buffer = make_offline_replay_buffer(data, args.batch, args.seq_len, seed=args.seed)
     # under torchrun: DDP averages the gradients; every rank trains on its rows of the same batch
-    loss_module = wrap_ddp(SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing), ctx)
+    loss_module = wrap_ddp(SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing), ctx or DistributedContext())
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
 
     def validate(policy) -> dict:
