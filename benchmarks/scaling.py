@@ -100,9 +100,12 @@ def training_row(args: Args, memory: str, procs: int) -> dict:
            "--worker", "train", "--memories", memory, "--result", str(result), "--steps", str(args.steps),
            "--batch", str(args.batch), "--seq-len", str(args.seq_len)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    log = Path(args.out) / f"scaling_train_{memory}_{procs}.log"
+    with open(log, "w") as out:  # a file, not a pipe: with pipes the 2-rank runs hung on this machine
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=1800)
     if proc.returncode != 0:
-        raise SystemExit(f"scaling: torchrun with {procs} processes failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"scaling: torchrun with {procs} processes failed (log: {log}):\n{log.read_text()[-3000:]}")
+    log.unlink()
     seconds = json.loads(result.read_text())["seconds"]
     result.unlink()
     return {"what": "training tokens/s", "memory": memory, "procs": procs,

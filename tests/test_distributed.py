@@ -16,9 +16,15 @@ from ddp_bc_run import build_actor  # noqa: E402
 
 
 def torchrun(nproc: int, out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """torchrun with its output in a log file (``.stderr`` holds it): through pipes, 2-rank runs hung
+    on this machine (benchmarks/scaling.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ELMUR_DDP_TIMEOUT": "60"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           str(SCRIPT), str(out), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                               str(SCRIPT), str(out), *args], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    proc.stderr = log.read_text()
+    return proc
 
 
 def trained(nproc: int, tmp_path: Path, updates: str, optimizer: str) -> dict:
@@ -55,11 +61,13 @@ def test_offline_bc_tutorial_under_torchrun(tmp_path):
     """The BC tutorial as a user launches it on 2 processes: rank 0 alone reports and saves."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ELMUR_DDP_TIMEOUT": "60", "WANDB_SILENT": "true"}
     out = tmp_path / "bc"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(ROOT / "tutorials/offline_bc.py"), "--steps", "2", "--episodes", "12", "--batch", "4",
-                           "--eval-lengths", "3", "--eval-episodes", "2", "--wandb", "offline", "--out", str(out),
-                           "--threads", "1", "--select-corridor", "0"], capture_output=True, text=True, env=env,
-                          timeout=240, cwd=ROOT)
+    with open(tmp_path / "stdout.log", "w") as so, open(tmp_path / "stderr.log", "w") as se:  # files, not pipes
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(ROOT / "tutorials/offline_bc.py"), "--steps", "2", "--episodes", "12", "--batch", "4",
+                               "--eval-lengths", "3", "--eval-episodes", "2", "--wandb", "offline", "--out", str(out),
+                               "--threads", "1", "--select-corridor", "0"], stdout=so, stderr=se, env=env, timeout=240,
+                              cwd=ROOT)
+    proc.stdout, proc.stderr = (tmp_path / "stdout.log").read_text(), (tmp_path / "stderr.log").read_text()
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert lines.count("== elmur (2 ranks x 2 rows)") == 1  # printed by rank 0 only

@@ -63,6 +63,8 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
                                          "--checkpoints", "no-such-folder"], "tmaze_horizon"),
         ("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity"),
         ("benchmarks/replay_bytes.py", ["--frames", "60", "--slice-len", "5"], "replay_bytes"),
+        ("benchmarks/scaling.py", ["--procs", "2", "--memories", "gru", "--steps", "1", "--batches", "1", "--batch", "4",
+                                   "--seq-len", "10", "--rollout", "8", "--envs-per-worker", "2"], "scaling"),
         ("benchmarks/popgym_oracles.py", ["--tasks", "RepeatFirstEasy", "BattleshipEasy", "--episodes", "2"],
          "popgym_oracles"),
         ("benchmarks/popgym_suite.py", ["--tasks", "RepeatPreviousEasy", "PositionOnlyPendulumEasy", "--policies", "elmur",
@@ -83,6 +85,10 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
     assert json.loads(lines[-1])["benchmark"] == benchmark
     if benchmark == "tmaze_horizon":
         assert {p.name for p in tmp_path.iterdir()} >= {"tmaze_horizon.csv", "tmaze_horizon.md", "tmaze_horizon.png"}
+    if benchmark == "scaling":  # torchrun training and DistributedCollector collection, each with 2 processes
+        rows = json.loads(lines[-1])["rows"]
+        assert [(r["what"], r["procs"]) for r in rows] == [("training tokens/s", 2), ("collection frames/s", 2)]
+        assert all(r["rate"] > 0 for r in rows) and (tmp_path / "scaling.md").exists()
     if benchmark == "replay_bytes":  # every memory replays its stored slices exactly; the tokens layout is the smaller
         rows = {r["memory"]: r for r in json.loads(lines[-1])["rows"]}
         assert all(r["replay_max_abs_diff"] < 1e-4 for r in rows.values())

@@ -147,6 +147,9 @@ def barrier(ctx: DistributedContext) -> None:
 
 
 def shutdown(ctx: DistributedContext) -> None:
-    """Leave the process group (call once at the end of a script)."""
+    """Leave the process group (call once at the end of a script, on every rank). Ranks meet at a
+    barrier first: a rank that left the group while another was still tearing its own down made
+    that one hang in ``destroy_process_group`` on this machine (gloo)."""
     if ctx.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
