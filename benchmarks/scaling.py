@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -129,7 +128,7 @@ def collection_row(args: Args, memory: str, workers: int) -> dict:
     k = args.envs_per_worker
     make_envs = [functools.partial(online_ppo.make_worker_env, ppo.task, k, policy, w * k) for w in range(workers)]
     frames = workers * k * args.rollout
-    collector = DistributedCollector(make_envs, policy, sync=True, launcher="mp", tcp_port=str(free_port()),
+    collector = DistributedCollector(make_envs, policy, sync=True, launcher="mp", tcp_port=str(online_ppo.free_port()),
                                      frames_per_batch=frames, total_frames=frames * (args.batches + 1))
     try:
         it = iter(collector)
@@ -142,12 +141,6 @@ def collection_row(args: Args, memory: str, workers: int) -> dict:
     finally:
         collector.shutdown()
     return {"what": "collection frames/s", "memory": memory, "procs": workers, "rate": args.batches * frames / seconds}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
