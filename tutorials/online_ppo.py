@@ -43,7 +43,6 @@ from tensordict.nn import TensorDictSequential
 from torchrl.collectors import MultiSyncCollector
 from torchrl.collectors.distributed import DistributedCollector
 from torchrl.envs import RewardSum, TransformedEnv
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import set_recurrent_mode
 from torchrl.modules.utils import get_primers_from_module
 from torchrl.objectives import ClipPPOLoss
@@ -203,7 +202,7 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
                 gae(rows)  # advantage, value_target: the critic replayed over the rows from their stored states
             full_bytes = rows.bytes()
             stored = RowStartStates(rows, state_keys) if args.keep_state == "row-starts" else rows
-            check = replay_error(actor, stored[:] if isinstance(stored, RowStartStates) else stored)
+            check = replay_error(actor, stored[:])  # all rows, as the loss will see them
             if check > 1e-4:
                 raise RuntimeError(f"online_ppo: the recurrent replay disagrees with the collector's log-probabilities "
                                    f"(max |d log p| = {check:.2e}): the stored states do not replay the collection.")
@@ -242,10 +241,10 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
 def spec_sizes(task: str) -> tuple[int, int]:
     env = make_popgym_env(task)
     obs, act = env.observation_spec["observation"], env.action_spec
+    env.close()
     if not hasattr(act.space, "n"):
         raise ValueError(f"{task_name(task)} has continuous actions ({type(act).__name__} of shape {list(act.shape)}); "
                          "this tutorial's actor is categorical: choose a task with discrete actions")
-    env.close()
     return obs.shape[-1], act.space.n
 
 
@@ -253,8 +252,7 @@ def evaluate(actor, args: Args) -> float:
     """Mean return of the greedy policy over ``eval_episodes`` episodes on held-out seeds."""
     env = make_popgym_env(args.task, num_envs=args.eval_episodes)
     env.set_seed(EVAL_SEED)
-    with set_exploration_type(ExplorationType.DETERMINISTIC):
-        returns = first_episode_returns(actor, env, max_steps=4096)
+    returns = first_episode_returns(actor, env, max_steps=4096)  # greedy: eval mode, deterministic actions
     env.close()
     return float(returns.mean())
 

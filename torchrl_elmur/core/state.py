@@ -125,11 +125,6 @@ class ELMURState:
                 for name in ELMURState.field_names(layout)}
 
     @classmethod
-    def shapes(cls, config: ELMURConfig, batch: int, layout: str = "cache") -> dict[str, tuple[int, ...]]:
-        """Expected shape of every field for a batch of ``batch`` rows."""
-        return {name: (batch, *shape) for name, (shape, _) in cls.field_specs(config, layout=layout).items()}
-
-    @classmethod
     def zeros(cls, config: ELMURConfig, batch: int, *, dtype=torch.float32, device=None, layout: str = "cache") -> "ELMURState":
         """The fresh-episode state."""
         return cls(**{name: torch.zeros((batch, *shape), dtype=dt, device=device)

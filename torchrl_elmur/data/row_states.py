@@ -68,8 +68,6 @@ class RowStartStates:
         missing = [k for k in state_keys if k not in batch.keys(include_nested=True)]
         if missing:
             raise KeyError(f"RowStartStates: state keys {missing} not found in the batch (keys: {list(batch.keys())}).")
-        self.state_keys = state_keys
-        self.full_bytes = batch.bytes()
         is_init = batch.get("is_init").reshape(batch.shape)
         inner = is_init.clone()
         inner[:, 0] = False
@@ -84,10 +82,6 @@ class RowStartStates:
     def __len__(self) -> int:
         return self.rows.shape[0]
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.rows.shape
-
     def bytes(self) -> int:
         """Bytes held: the rows without state plus one state per row."""
         return self.rows.bytes() + self.starts.bytes()
@@ -99,9 +93,8 @@ class RowStartStates:
         if rows.batch_dims != 2:
             raise IndexError(f"RowStartStates: index {index!r} must select rows (a slice, list or tensor of row ids), "
                              f"received one that gives batch size {list(rows.batch_size)}.")
-        b, t = rows.shape
-        states = starts.unsqueeze(1).expand(b, t).clone()
-        states[:, 1:] = 0
+        states = torch.zeros_like(starts.unsqueeze(1).expand(rows.shape))  # [b, T]: fresh everywhere ...
+        states[:, 0] = starts  # ... but where each row starts
         return rows.update(states)
 
 

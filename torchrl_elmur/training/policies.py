@@ -48,8 +48,9 @@ def make_memory(memory: str, width: int, config: ELMURConfig | None = None, *, i
 
 
 def make_trunk(memory: str, obs_size: int, *, width: int = 64, config: ELMURConfig | None = None,
-               prefix: str | None = None, state_layout: str = "tokens") -> tuple[Seq, str, int]:
-    """``observation [*B, obs_size]`` -> Linear + GELU -> memory: returns ``(trunk, features key, width)``.
+               prefix: str | None = None, state_layout: str = "tokens") -> tuple[list[nn.Module], str, int]:
+    """``observation [*B, obs_size]`` -> Linear + GELU -> memory: returns ``(modules, features key, width)``,
+    the modules to put in a ``TensorDictSequential`` before a head.
 
     Keys: ``embed`` and ``memory`` (``<prefix>_embed``, ``<prefix>_memory`` and state key
     ``<prefix>_rs`` with a ``prefix``). ``"mlp"``: a second Linear + GELU instead of a memory, so
@@ -63,8 +64,8 @@ def make_trunk(memory: str, obs_size: int, *, width: int = 64, config: ELMURConf
         layers += [nn.Linear(width, width), nn.GELU()]
     encoder = Mod(nn.Sequential(*layers), ["observation"], [names[0]])
     if mem is None:
-        return Seq(encoder), names[0], width
-    return Seq(encoder, mem), names[1], config.d_model if memory == "elmur" else width
+        return [encoder], names[0], width
+    return [encoder, mem], names[1], config.d_model if memory == "elmur" else width
 
 
 def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None, action_dim: int | None = None,
@@ -83,14 +84,14 @@ def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None,
     if (num_actions is None) == (action_dim is None):
         raise ValueError(f"make_bc_actor: give exactly one of num_actions (discrete) and action_dim (continuous); "
                          f"received num_actions={num_actions}, action_dim={action_dim}.")
-    trunk, features, out = make_trunk(memory, obs_size, width=width, config=config)  # flattened below: stable weight names
+    trunk, features, out = make_trunk(memory, obs_size, width=width, config=config)
     if num_actions is not None:
         head = Mod(nn.Linear(out, num_actions), [features], ["logits"])
-        return ProbabilisticActor(Seq(*trunk.module, head), in_keys=["logits"], out_keys=["action"],
+        return ProbabilisticActor(Seq(*trunk, head), in_keys=["logits"], out_keys=["action"],
                                   distribution_class=Categorical, default_interaction_type=InteractionType.DETERMINISTIC)
     scale = float(action_bound)
     head = Mod(nn.Sequential(nn.Linear(out, action_dim), nn.Tanh(), _Scale(scale)), [features], ["action"])
-    return Seq(*trunk.module, head)
+    return Seq(*trunk, head)
 
 
 def make_actor_critic(memory: str, obs_size: int, num_actions: int, *, width: int = 64,
@@ -114,10 +115,10 @@ def make_actor_critic(memory: str, obs_size: int, num_actions: int, *, width: in
     logits = nn.Linear(out, num_actions)
     nn.init.orthogonal_(logits.weight, gain=0.01)
     nn.init.zeros_(logits.bias)
-    actor = ProbabilisticActor(Seq(*actor_trunk.module, Mod(logits, [actor_features], ["logits"])),
+    actor = ProbabilisticActor(Seq(*actor_trunk, Mod(logits, [actor_features], ["logits"])),
                                in_keys=["logits"], out_keys=["action"], distribution_class=Categorical,
                                return_log_prob=True, default_interaction_type=InteractionType.RANDOM)
-    critic = Seq(*critic_trunk.module, ValueOperator(nn.Linear(out, 1), in_keys=[critic_features]))
+    critic = Seq(*critic_trunk, ValueOperator(nn.Linear(out, 1), in_keys=[critic_features]))
     return actor, critic
 
 
