@@ -10,36 +10,15 @@ one state per row instead of ``2 T``.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torchrl.modules.utils import get_primers_from_module
 
+from ..modules.state_keys import recurrent_state_keys
 
-def recurrent_state_keys(*modules: TensorDictModuleBase) -> list[NestedKey]:
-    """The recurrent state keys of every ELMURModule / GRUModule / LSTMModule inside ``modules``,
-    read from their primers (what collectors register); ``[]`` for memoryless modules.
-
-    Examples:
-        >>> from torchrl.modules import GRUModule
-        >>> recurrent_state_keys(GRUModule(2, 3, in_keys=["x", "actor_rs", "is_init"], out_keys=["y", ("next", "actor_rs")]))
-        ['actor_rs']
-    """
-    keys: list[NestedKey] = []
-    for module in modules:
-        with warnings.catch_warnings():  # a memoryless module has no primer: nothing to warn about
-            warnings.simplefilter("ignore")
-            primer = get_primers_from_module(module)
-        if primer is None:
-            continue
-        primers = getattr(primer, "transforms", [primer])
-        for p in primers:
-            keys += [k for k in p.primers.keys() if k not in keys]
-    return keys
+__all__ = ["RowStartStates", "recurrent_state_keys"]
 
 
 class RowStartStates:

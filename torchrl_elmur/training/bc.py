@@ -20,15 +20,14 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.data import ReplayBuffer
-from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
+from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import LossModule
 from tqdm import trange
 
-from ..modules import ELMURModule
+from ..modules.state_keys import state_key_pairs
 from .distributed import DistributedContext, shard_rows
 
 UPDATES = ("window", "segment")
-RECURRENT_MODULES = (ELMURModule, GRUModule, LSTMModule)
 
 
 @dataclass
@@ -43,15 +42,6 @@ class BCHistory:
     def first_time(self, key: str, at_least: float = 1.0) -> float | None:
         """Training seconds at the first probe whose ``key`` reached ``at_least`` (None: never)."""
         return next((p["seconds"] for p in self.probes if p["result"].get(key, 0.0) >= at_least), None)
-
-
-def state_key_pairs(actor: nn.Module) -> list[tuple]:
-    """``(state key, ("next", state key))`` of every recurrent module (ELMUR, GRU, LSTM) inside ``actor``."""
-    pairs = []
-    for module in actor.modules():
-        if isinstance(module, RECURRENT_MODULES):
-            pairs += list(zip(module.in_keys[1:-1], module.out_keys[1:]))
-    return pairs
 
 
 def carry_state(chunk: TensorDictBase, previous: TensorDictBase, pairs: list[tuple]) -> TensorDictBase:
