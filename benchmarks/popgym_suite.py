@@ -44,8 +44,8 @@ from torchrl_elmur.envs.popgym_oracles import family_of  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss  # noqa: E402
 from torchrl_elmur.training import train_bc  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
-from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed, shutdown,  # noqa: E402
-                                                wrap_ddp)
+from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed,  # noqa: E402
+                                                rows_per_rank, shutdown, wrap_ddp)
 from torchrl_elmur.training.evaluate import first_episode_returns  # noqa: E402
 from torchrl_elmur.training.policies import MEMORIES, make_bc_actor  # noqa: E402
 
@@ -239,8 +239,10 @@ def main() -> None:
         return merge(args.merge, args)
     torch.set_num_threads(args.threads)
     ctx = init_distributed()  # under torchrun: every rank trains (DDP), rank 0 evaluates and reports
-    if args.batch % ctx.world_size:
-        raise SystemExit(f"--batch {args.batch} must divide over the {ctx.world_size} torchrun processes")
+    try:
+        rows_per_rank(args.batch, ctx)
+    except ValueError as err:
+        raise SystemExit(f"--batch: {err}") from None
     tasks = sorted(popgym_tasks()) if args.all else [task_name(t) for t in args.tasks]
     start = time.perf_counter()
     rows, table = [], {}

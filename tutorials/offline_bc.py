@@ -46,7 +46,7 @@ from torchrl_elmur.objectives import SequenceCrossEntropyLoss
 from torchrl_elmur.training import (BCHistory, episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate, train_bc)
 from torchrl_elmur.training.cli import parse_dataclass
-from torchrl_elmur.training.distributed import DistributedContext, init_distributed, shutdown, wrap_ddp
+from torchrl_elmur.training.distributed import DistributedContext, init_distributed, rows_per_rank, shutdown, wrap_ddp
 
 POLICIES = ("elmur", "lstm", "gru")
 
@@ -207,8 +207,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = init_distributed()  # one process, or one of torchrun's ranks (README: "Scaling out")
-    if args.batch % ctx.world_size:
-        raise SystemExit(f"--batch {args.batch} must divide over the {ctx.world_size} torchrun processes")
+    try:
+        rows_per_rank(args.batch, ctx)
+    except ValueError as err:
+        raise SystemExit(f"--batch: {err}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = start_wandb(args.wandb if ctx.is_main else "disabled", project="torchrl_elmur", run_dir=out,
@@ -217,7 +219,7 @@ def main() -> None:
     results = {}
     for kind in kinds:
         if ctx.is_main:
-            print(f"== {kind}" + (f" ({ctx.world_size} ranks x {args.batch // ctx.world_size} rows)" if ctx.distributed else ""))
+            print(f"== {kind}" + (f" ({ctx.world_size} ranks x {rows_per_rank(args.batch, ctx)} rows)" if ctx.distributed else ""))
         results[kind] = run_policy(kind, args, run, out, ctx)
     if ctx.is_main:
         report(results, args, out)

@@ -25,7 +25,7 @@ from torchrl.objectives import LossModule
 from tqdm import trange
 
 from ..modules.state_keys import state_key_pairs
-from .distributed import DistributedContext, shard_rows
+from .distributed import DistributedContext, rows_per_rank, shard_rows
 
 UPDATES = ("window", "segment")
 
@@ -111,8 +111,7 @@ def train_bc(
         raise ValueError(f"train_bc: updates='segment' needs segment_len dividing seq_len={seq_len}, received {segment_len}.")
     chunk_len = segment_len if updates == "segment" else seq_len
     ctx = ctx or DistributedContext()
-    if batch % ctx.world_size:
-        raise ValueError(f"train_bc: batch={batch} rows must divide over the {ctx.world_size} ranks.")
+    rows_per_rank(batch, ctx)  # fail before the first step, not at it
     if not ctx.is_main:
         progress, probe, select, run = False, None, None, None
     pairs = state_key_pairs(actor)

@@ -119,26 +119,24 @@ class _TensorDictDDP(nn.parallel.DistributedDataParallel):
         return TensorDict(out, batch_size=[]) if isinstance(out, dict) else out
 
 
-def shard_rows(batch: TensorDictBase, ctx: DistributedContext) -> TensorDictBase:
-    """This rank's rows of a global batch ``[B, ...]``: ``batch[rank::world_size]``.
+def rows_per_rank(rows: int, ctx: DistributedContext) -> int:
+    """How many of a global batch's ``rows`` each rank trains on.
 
     Raises:
-        ValueError: ``B`` not divisible by the world size (ranks would weigh rows unequally).
+        ValueError: ``rows`` not divisible by the world size (ranks would weigh rows unequally).
     """
+    if rows % ctx.world_size:
+        raise ValueError(f"a batch of {rows} rows does not divide over {ctx.world_size} torchrun processes; choose a "
+                         f"batch that is a multiple of the number of processes.")
+    return rows // ctx.world_size
+
+
+def shard_rows(batch: TensorDictBase, ctx: DistributedContext) -> TensorDictBase:
+    """This rank's rows of a global batch ``[B, ...]``: ``batch[rank::world_size]`` (see :func:`rows_per_rank`)."""
     if not ctx.distributed:
         return batch
-    rows = batch.shape[0]
-    if rows % ctx.world_size:
-        raise ValueError(f"shard_rows: the batch of {rows} rows does not divide over {ctx.world_size} ranks; choose a "
-                         f"batch that is a multiple of the number of processes.")
+    rows_per_rank(batch.shape[0], ctx)
     return batch[ctx.rank::ctx.world_size]
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a :func:`wrap_ddp` wrapper (for saving and evaluating), else ``module``."""
-    if isinstance(module, nn.parallel.DistributedDataParallel):
-        module = module.module
-    return module.module if isinstance(module, _AsDict) else module
 
 
 def barrier(ctx: DistributedContext) -> None:
