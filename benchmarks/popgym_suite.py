@@ -4,7 +4,7 @@ For every task: the privileged oracle's episodes (``make_popgym_dataset``, cache
 per policy the same recipe (``train_bc``: AdamW, rows of ``--window`` steps from episode starts,
 cross-entropy or MSE), then ``--eval-episodes`` greedy episodes in the real POPGym env on seeds
 disjoint from the data's (``EVAL_SEED`` on), streamed one step at a time
-(``first_episode_returns``). The oracle and uniform random actions are scored on the same
+(``popgym_returns``). The oracle and uniform random actions are scored on the same
 seeds. Sums over the tasks run, in the paper's form: All, Puzzle (every family but the
 CartPole/Pendulum control ones) and Reactive (those 15 control tasks).
 
@@ -38,7 +38,7 @@ from common import write_report  # noqa: E402
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_popgym_dataset  # noqa: E402
 from torchrl_elmur.data.popgym_dataset import EVAL_SEED, play_episodes  # noqa: E402
-from torchrl_elmur.envs import make_popgym_env, make_popgym_gym, popgym_tasks  # noqa: E402
+from torchrl_elmur.envs import make_popgym_env, popgym_tasks  # noqa: E402
 from torchrl_elmur.envs.popgym_env import task_name  # noqa: E402
 from torchrl_elmur.envs.popgym_oracles import family_of  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss  # noqa: E402
@@ -46,7 +46,7 @@ from torchrl_elmur.training import train_bc  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed,  # noqa: E402
                                                 rows_per_rank, shutdown, wrap_ddp)
-from torchrl_elmur.training.evaluate import first_episode_returns  # noqa: E402
+from torchrl_elmur.training.evaluate import popgym_returns  # noqa: E402
 from torchrl_elmur.training.policies import MEMORIES, make_bc_actor  # noqa: E402
 
 # Memory tasks on which a memoryless policy fails and whose oracle acts on what the agent has seen (so
@@ -116,11 +116,6 @@ def resolved_window(args: Args) -> tuple[int, int]:
     return window, args.chunk or window
 
 
-def episode_limit(task: str) -> int:
-    raw = make_popgym_gym(task).unwrapped
-    return int(getattr(raw, "max_episode_length", None) or 2048) + 1
-
-
 def baseline_returns(task: str, episodes: int) -> dict[str, float]:
     """Mean return of the oracle and of uniform random actions on the evaluation seeds."""
     rng = np.random.default_rng(0)
@@ -143,7 +138,8 @@ def baseline_returns(task: str, episodes: int) -> dict[str, float]:
 def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext) -> dict | None:
     """Train one policy (on every torchrun rank, DDP) and evaluate it (rank 0; others return None)."""
     torch.manual_seed(args.seed)
-    env = make_popgym_env(task, num_envs=args.eval_episodes)
+    env = make_popgym_env(task)  # for the specs
+    env.close()
     obs_size = env.observation_spec["observation"].shape[-1]
     discrete = env.action_spec.dtype == torch.int64
     action = dict(num_actions=env.action_spec.n) if discrete else dict(
@@ -159,12 +155,9 @@ def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext
                        grad_clip=5.0, updates="segment" if chunk < window else "window", segment_len=chunk,
                        name=f"{task}/{memory}", progress=args.progress, ctx=ctx)
     if not ctx.is_main:
-        env.close()
         return None
-    env.set_seed(EVAL_SEED)
     t0 = time.perf_counter()
-    returns = first_episode_returns(actor, env, episode_limit(task), progress=args.progress, desc=f"eval {memory}")
-    env.close()
+    returns = popgym_returns(actor, task, args.eval_episodes, progress=args.progress, desc=f"eval {memory}")
     return {"task": task, "policy": memory, "mean_return": returns.mean().item(), "std_return": returns.std().item(),
             "train_seconds": history.train_seconds, "eval_seconds": time.perf_counter() - t0,
             "params": sum(p.numel() for p in actor.parameters())}

@@ -50,13 +50,12 @@ from torchrl.objectives.value import GAE
 from tqdm import tqdm
 
 from torchrl_elmur import ELMURConfig
-from torchrl_elmur.data.popgym_dataset import EVAL_SEED
 from torchrl_elmur.data.row_states import RowStartStates, recurrent_state_keys
 from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
 from torchrl_elmur.training.cli import parse_dataclass
-from torchrl_elmur.training.evaluate import first_episode_returns
+from torchrl_elmur.training.evaluate import popgym_returns
 from torchrl_elmur.training.policies import MEMORIES, make_actor_critic
 
 
@@ -250,11 +249,7 @@ def spec_sizes(task: str) -> tuple[int, int]:
 
 def evaluate(actor, args: Args) -> float:
     """Mean return of the greedy policy over ``eval_episodes`` episodes on held-out seeds."""
-    env = make_popgym_env(args.task, num_envs=args.eval_episodes)
-    env.set_seed(EVAL_SEED)
-    returns = first_episode_returns(actor, env, max_steps=4096)  # greedy: eval mode, deterministic actions
-    env.close()
-    return float(returns.mean())
+    return float(popgym_returns(actor, args.task, args.eval_episodes).mean())
 
 
 # ----------------------------------------------------------------------------------------------

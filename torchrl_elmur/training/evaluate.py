@@ -69,3 +69,21 @@ def first_episode_returns(policy: TensorDictModuleBase, env: EnvBase, max_steps:
         raise RuntimeError(f"first_episode_returns: envs {(~finished).nonzero().squeeze(-1).tolist()} had not finished "
                            f"an episode after max_steps={max_steps}.")
     return returns
+
+
+def popgym_returns(policy: TensorDictModuleBase, task: str, episodes: int, *, progress: bool = False,
+                   desc: str = "eval") -> torch.Tensor:
+    """Greedy returns ``[episodes]`` of ``policy`` on a POPGym task, one episode per env of a batch,
+    on the evaluation seeds ``EVAL_SEED + i`` (disjoint from every dataset's); bounded by the
+    task's episode length."""
+    from ..data.popgym_dataset import EVAL_SEED
+    from ..envs.popgym_env import make_popgym_env, make_popgym_gym
+
+    raw = make_popgym_gym(task).unwrapped
+    max_steps = int(getattr(raw, "max_episode_length", None) or 2048) + 1
+    env = make_popgym_env(task, num_envs=episodes)
+    env.set_seed(EVAL_SEED)
+    try:
+        return first_episode_returns(policy, env, max_steps, progress=progress, desc=desc)
+    finally:
+        env.close()
