@@ -19,7 +19,6 @@ Prints a table, writes ``<out>/scaling.{csv,md}`` and ends with one JSON line.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -113,23 +112,20 @@ def training_row(args: Args, memory: str, procs: int) -> dict:
 
 # ------------------------------------------------------------------ collection with DistributedCollector
 def collection_row(args: Args, memory: str, workers: int) -> dict:
+    """The online PPO tutorial's actor + critic and its collector (``--collector distributed``)."""
     import online_ppo
     from tensordict.nn import TensorDictSequential
-    from torchrl.collectors.distributed import DistributedCollector
 
     from torchrl_elmur.training.policies import make_actor_critic
 
     torch.set_num_threads(1)
-    ppo = online_ppo.Args()
+    frames = workers * args.envs_per_worker * args.rollout
+    ppo = online_ppo.Args(collector="distributed", num_workers=workers, envs_per_worker=args.envs_per_worker,
+                          rollout=args.rollout, frames=frames * (args.batches + 1))
     torch.manual_seed(0)
     actor, critic = make_actor_critic(memory, 4, 4, width=ppo.width, state_layout=ppo.state_layout,
                                       config=online_ppo.elmur_config(ppo) if memory == "elmur" else None)
-    policy = TensorDictSequential(actor, critic)
-    k = args.envs_per_worker
-    make_envs = [functools.partial(online_ppo.make_worker_env, ppo.task, k, policy, w * k) for w in range(workers)]
-    frames = workers * k * args.rollout
-    collector = DistributedCollector(make_envs, policy, sync=True, launcher="mp", tcp_port=str(online_ppo.free_port()),
-                                     frames_per_batch=frames, total_frames=frames * (args.batches + 1))
+    collector = online_ppo.make_collector(ppo, TensorDictSequential(actor, critic), seed=0)
     try:
         it = iter(collector)
         next(it)  # warm-up
