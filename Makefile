@@ -6,12 +6,13 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean render-deps
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,popgym]"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,popgym,maniskill]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "mikasa-robo-suite==1.0.0"
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,6 +22,19 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# CPU rendering for ManiSkill (MIKASA-Robo): SAPIEN refuses Debian 12's Mesa 22 Vulkan; Mesa 25 from
+# bookworm-backports works. Needs root (apt); skipped when it is installed already. Without it the
+# MIKASA tests skip and say why.
+render-deps:
+	@if dpkg-query -W -f='$${Version}' mesa-vulkan-drivers 2>/dev/null | grep -q '^25'; then \
+		echo "render-deps: Mesa 25 Vulkan already installed"; \
+	else \
+		printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+			> /etc/apt/sources.list.d/bookworm-backports.sources && \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache

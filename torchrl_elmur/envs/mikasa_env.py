@@ -1,0 +1,269 @@
+"""MIKASA-Robo (ManiSkill 3) tasks as TorchRL envs: pixels from two cameras, success tracked per episode.
+
+MIKASA-Robo (``pip install -e .[maniskill]``, then ``pip install --no-deps mikasa-robo-suite==1.0.0``;
+CPU rendering needs Mesa 25's Vulkan driver, see the README) builds memory tasks on ManiSkill 3.
+TorchRL has no ManiSkill wrapper; :class:`ManiSkillEnv` is one, for one CPU-simulated env per
+process (the CPU simulator allows ``num_envs=1``). Several processes: a ``ParallelEnv`` of
+:func:`make_mikasa_env`.
+
+Keys (``obs_mode="rgb"``): ``pixels`` uint8 ``[6, H, W]`` (``base_camera`` RGB then
+``hand_camera`` RGB, channels first, as in the paper), ``proprio`` float32 ``[25]`` (joint
+positions 9, joint velocities 9, TCP pose 7); ``obs_mode="state"``: ``state`` float32 (the task's
+privileged state vector, cue included). Always: ``action`` float32 in ``[-1, 1]``, ``("next",
+"reward")`` ``[1]``, ``done / terminated / truncated`` ``[1]``, ``success`` (this step) and
+``success_once`` (any step of the episode so far) bool ``[1]``, ``step_count`` int64 ``[1]``.
+
+Episodes run their full length (``max_episode_steps``, 60 for RememberColor, 180 for TakeItBack)
+and end truncated, as in the authors' data collection, which ignores ManiSkill's
+terminate-on-success; ``terminate_on_success=True`` ends them at the first success instead (an
+evaluation that only reads ``success_once`` needs nothing after it).
+
+RememberColor as shipped is broken on CPU physics (``../shared/MIKASA.md``): its ``evaluate()``
+hides the cubes by moving them to z = 1000, which on the CPU simulator moves the real bodies, so
+they fall back from there and the table is empty when the choice comes. :class:`ManiSkillEnv`
+keeps the hiding visual: the real poses are kept aside when ``evaluate()`` hides and put back
+before every physics step (:func:`keep_hiding_visual`).
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import types
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Binary, Bounded, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+# task id -> (family, the control mode this project's oracles and policies use)
+MIKASA_TASKS = {
+    "RememberColor3-v0": ("RememberColor", "pd_ee_delta_pos"),
+    "RememberColor5-v0": ("RememberColor", "pd_ee_delta_pos"),
+    "RememberColor9-v0": ("RememberColor", "pd_ee_delta_pos"),
+    "TakeItBack-v0": ("TakeItBack", "pd_ee_delta_pose"),
+}
+OBS_MODES = ("rgb", "state")
+CAMERAS = ("base_camera", "hand_camera")
+
+
+def mikasa_task(task: str) -> str:
+    """``task`` checked against :data:`MIKASA_TASKS` (the ones with an oracle here).
+
+    Examples:
+        >>> mikasa_task("RememberColor3-v0")
+        'RememberColor3-v0'
+    """
+    if not isinstance(task, str) or task not in MIKASA_TASKS:
+        close = difflib.get_close_matches(str(task), list(MIKASA_TASKS), n=2)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"MIKASA task: unknown task {task!r}.{hint} Valid ids: {sorted(MIKASA_TASKS)}.")
+    return task
+
+
+def episode_length(task: str) -> int:
+    """The task's episode length (ManiSkill's registered ``max_episode_steps``: 60 / 180)."""
+    _import_mikasa()
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    return int(REGISTERED_ENVS[mikasa_task(task)].max_episode_steps)
+
+
+@functools.cache
+def render_device_error() -> str | None:
+    """``None`` when SAPIEN finds a render device (Vulkan), else why not: every ManiSkill env needs
+    one, even in state mode. Cached per process."""
+    try:
+        import mani_skill.envs  # noqa: F401
+        import mikasa_robo_suite.rl.memory_envs  # noqa: F401
+        import sapien
+    except ImportError as err:
+        return (f"MIKASA-Robo is not installed ({err}): pip install -e '.[maniskill]' && "
+                "pip install --no-deps mikasa-robo-suite==1.0.0")
+    try:
+        sapien.render.RenderSystem()
+    except RuntimeError as err:
+        return (f"SAPIEN found no render device ({err}); on a CPU machine install Mesa 25's Vulkan driver "
+                "(Debian 12: apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1)")
+    return None
+
+
+def _import_mikasa() -> None:
+    error = render_device_error()
+    if error is not None:
+        raise RuntimeError(f"ManiSkillEnv: {error}")
+
+
+def keep_hiding_visual(raw) -> None:
+    """Make a RememberColor env's hiding of the cubes visual only (on this instance).
+
+    Its ``evaluate()`` (run after every physics step and at reset, before the observation is
+    rendered) sets hidden cubes' poses to z = 1000. Here the real poses are saved just before it
+    and put back before the next physics step (``_before_control_step``) and at every new episode,
+    so the rendered frames hide the cubes while the bodies stay where they are.
+    """
+    cubes = raw.cubes
+    evaluate, before_control, initialize = raw.evaluate, raw._before_control_step, raw._initialize_episode
+    state = {"real": None}  # the real poses while the cubes are hidden, else None
+
+    def restore():
+        if state["real"] is not None:
+            for key, pose in state["real"].items():
+                cubes[key].pose = pose
+            state["real"] = None
+
+    def patched_evaluate(self):
+        restore()  # evaluate() twice without a physics step in between must see the real poses
+        real = {key: cube.pose.raw_pose.clone() for key, cube in cubes.items()}
+        info = evaluate()
+        state["real"] = real
+        return info
+
+    def patched_before_control(self):
+        restore()
+        return before_control()
+
+    def patched_initialize(self, env_idx, options):
+        state["real"] = None  # a new episode sets new poses
+        return initialize(env_idx, options)
+
+    raw.evaluate = types.MethodType(patched_evaluate, raw)
+    raw._before_control_step = types.MethodType(patched_before_control, raw)
+    raw._initialize_episode = types.MethodType(patched_initialize, raw)
+
+
+class ManiSkillEnv(EnvBase):
+    """One MIKASA-Robo / ManiSkill 3 env (CPU physics, ``num_envs=1``) as a TorchRL env; batch size ``[]``.
+
+    Args:
+        task: a task id of :data:`MIKASA_TASKS`.
+        obs_mode: ``"rgb"`` (``pixels`` + ``proprio``) or ``"state"`` (``state``).
+        image_size: camera resolution (square; the paper's 128, 64 for a CPU budget).
+        control_mode: ManiSkill control mode; default the task's in :data:`MIKASA_TASKS`
+            (``pd_ee_delta_pos``, 4-D, for RememberColor; ``pd_ee_delta_pose``, 7-D, for
+            TakeItBack, whose oracle tilts the gripper to reach the goal).
+        seed: seed of the first episode; episode ``k`` of this env uses ``seed + k * seed_stride``
+            (so that the workers of a ``ParallelEnv`` play disjoint seeds:
+            ``seed = base + worker, seed_stride = workers``). ``set_seed`` sets it again.
+        terminate_on_success: end an episode (terminated) at its first success.
+        max_episode_steps: episode length (default the task's).
+
+    The raw ManiSkill env is ``env.raw`` (``env.raw.unwrapped`` holds the privileged state the
+    oracles read).
+
+    Examples:
+        >>> env = ManiSkillEnv("RememberColor3-v0", image_size=32, seed=0)  # doctest: +SKIP
+        >>> env.rollout(3)["pixels"].shape, env.rollout(3)["pixels"].dtype  # doctest: +SKIP
+        (torch.Size([3, 6, 32, 32]), torch.uint8)
+    """
+
+    def __init__(self, task: str, *, obs_mode: str = "rgb", image_size: int = 128, control_mode: str | None = None,
+                 seed: int = 0, seed_stride: int = 1, terminate_on_success: bool = False,
+                 max_episode_steps: int | None = None, device="cpu") -> None:
+        task = mikasa_task(task)
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"ManiSkillEnv: obs_mode={obs_mode!r} is invalid: expected one of {OBS_MODES}.")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or not 16 <= image_size <= 512:
+            raise ValueError(f"ManiSkillEnv: image_size must be an int in [16, 512], received {image_size!r}.")
+        if isinstance(seed_stride, bool) or not isinstance(seed_stride, int) or seed_stride < 1:
+            raise ValueError(f"ManiSkillEnv: seed_stride must be an int >= 1, received {seed_stride!r}.")
+        _import_mikasa()
+        import gymnasium as gym
+
+        super().__init__(device=device, batch_size=[])
+        self.task, self.obs_mode, self.image_size = task, obs_mode, image_size
+        self.control_mode = control_mode or MIKASA_TASKS[task][1]
+        self.terminate_on_success = terminate_on_success
+        self.seed_stride = seed_stride
+        sensors = dict(width=image_size, height=image_size)
+        self.raw = gym.make(task, num_envs=1, obs_mode=obs_mode, control_mode=self.control_mode, render_mode=None,
+                            sim_backend="cpu", sensor_configs=sensors)
+        if MIKASA_TASKS[task][0] == "RememberColor":
+            keep_hiding_visual(self.raw.unwrapped)
+        self.max_episode_steps = int(max_episode_steps or episode_length(task))
+        self._next_seed = int(seed)
+        self._steps = 0
+        self._success_once = False
+        self.episode_seed: int | None = None  # the seed of the episode being played
+        self._make_specs()
+
+    # ------------------------------------------------------------------ specs
+    def _make_specs(self) -> None:
+        space = self.raw.action_space
+        low, high = torch.as_tensor(space.low).reshape(-1), torch.as_tensor(space.high).reshape(-1)
+        self.action_spec = Bounded(low, high, shape=low.shape, dtype=torch.float32, device=self.device)
+        flag = functools.partial(Binary, n=1, shape=(1,), dtype=torch.bool, device=self.device)
+        obs = {"success": flag(), "success_once": flag(),
+               "step_count": Unbounded(shape=(1,), dtype=torch.int64, device=self.device)}
+        if self.obs_mode == "rgb":
+            size = self.image_size
+            obs["pixels"] = Bounded(0, 255, shape=(6, size, size), dtype=torch.uint8, device=self.device)
+            obs["proprio"] = Unbounded(shape=(25,), dtype=torch.float32, device=self.device)
+        else:
+            width = int(np.prod(self.raw.observation_space.shape[1:]))
+            obs["state"] = Unbounded(shape=(width,), dtype=torch.float32, device=self.device)
+        self.observation_spec = Composite(obs, device=self.device)
+        self.reward_spec = Unbounded(shape=(1,), dtype=torch.float32, device=self.device)
+        self.done_spec = Composite({k: flag() for k in ("done", "terminated", "truncated")}, device=self.device)
+
+    # ------------------------------------------------------------------ observations
+    def _observe(self, obs, success: bool) -> dict:
+        out = {"success": torch.tensor([success]), "success_once": torch.tensor([self._success_once]),
+               "step_count": torch.tensor([self._steps])}
+        if self.obs_mode == "rgb":
+            frames = [obs["sensor_data"][cam]["rgb"][0] for cam in CAMERAS]  # each [H, W, 3] uint8
+            out["pixels"] = torch.cat(frames, dim=-1).permute(2, 0, 1).contiguous()  # [6, H, W]
+            out["proprio"] = torch.cat([obs["agent"]["qpos"][0], obs["agent"]["qvel"][0],
+                                        obs["extra"]["tcp_pose"][0]]).float()
+        else:
+            out["state"] = obs[0].reshape(-1).float()
+        return out
+
+    def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        self.episode_seed = self._next_seed
+        self._next_seed += self.seed_stride
+        obs, _ = self.raw.reset(seed=self.episode_seed)
+        self._steps, self._success_once = 0, False
+        out = self._observe(obs, False)
+        out.update({k: torch.tensor([False]) for k in ("done", "terminated", "truncated")})
+        return TensorDict(out, batch_size=[], device=self.device)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict.get("action")
+        if action.shape != self.action_spec.shape:
+            raise ValueError(f"ManiSkillEnv: 'action' must have shape {list(self.action_spec.shape)}, received "
+                             f"{list(action.shape)}.")
+        obs, reward, _, _, info = self.raw.step(action.detach().to("cpu", torch.float32).reshape(1, -1))
+        self._steps += 1
+        success = bool(info["success"].reshape(-1)[0])
+        self._success_once |= success
+        terminated = success and self.terminate_on_success
+        truncated = self._steps >= self.max_episode_steps and not terminated
+        out = self._observe(obs, success)
+        out.update({"reward": torch.as_tensor(reward, dtype=torch.float32).reshape(1),
+                    "done": torch.tensor([terminated or truncated]), "terminated": torch.tensor([terminated]),
+                    "truncated": torch.tensor([truncated])})
+        return TensorDict(out, batch_size=[], device=self.device)
+
+    def _set_seed(self, seed: int | None) -> None:
+        if seed is not None:
+            self._next_seed = int(seed)
+
+    def close(self, *, raise_if_closed: bool = True) -> None:
+        raw = getattr(self, "raw", None)
+        if raw is not None:
+            raw.close()
+            self.raw = None
+        super().close(raise_if_closed=raise_if_closed)
+
+
+def make_mikasa_env(task: str, *, init_tracker: bool = True, **kwargs):
+    """:class:`ManiSkillEnv` (keyword arguments passed on) with ``InitTracker`` for recurrent policies.
+
+    Several CPU processes: ``ParallelEnv(n, [functools.partial(make_mikasa_env, task, seed=s + i,
+    seed_stride=n) for i in range(n)])`` plays seeds ``s, s + 1, ...`` across the workers.
+    """
+    from torchrl.envs import InitTracker, TransformedEnv
+
+    env = ManiSkillEnv(task, **kwargs)
+    return TransformedEnv(env, InitTracker()) if init_tracker else env
