@@ -1,0 +1,157 @@
+"""Offline MIKASA-Robo data: the scripted oracle acts on privileged state while the env records pixels.
+
+Same offline format as the T-Maze and POPGym data: one flat TensorDict ``[N]`` of transitions,
+episode after episode, with ``pixels`` (uint8 ``[6, H, W]``, stored as uint8), ``proprio``,
+``action`` (float32, the task's control mode, see :data:`~torchrl_elmur.envs.MIKASA_TASKS`),
+``is_init`` (True at each episode's first step), ``episode`` (int64 id) and ``("next", reward /
+done / terminated / truncated / success / success_once)``. No next pixels: behaviour cloning reads
+none, and they would double the storage. Episodes run their full length (60 steps for
+RememberColor, 180 for TakeItBack), as in the authors' data.
+
+Episode ``i`` is played from seed ``seed + i``; evaluation uses seeds from :data:`EVAL_SEED` on.
+Rendering is the cost (about 8 steps/s per process on this project's 2-core CPU, either image
+size): ``workers`` processes play disjoint seed ranges.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from torchrl.data import LazyMemmapStorage
+from torchrl.envs.utils import step_mdp
+from tqdm import tqdm
+
+from ..envs.mikasa_env import ManiSkillEnv, mikasa_task
+
+EVAL_SEED = 1_000_000
+FORMAT_VERSION = 1  # bump when the stored format or the oracles change
+STEP_KEYS = ("pixels", "proprio")
+NEXT_KEYS = ("reward", "done", "terminated", "truncated", "success", "success_once")
+
+
+def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_size: int = 64, obs_mode: str = "rgb",
+                         terminate_on_success: bool = False, progress: bool = True, report=None) -> TensorDict:
+    """Play ``num_episodes`` oracle episodes of ``task`` (seeds ``seed, seed + 1, ...``) in one process.
+
+    Args:
+        obs_mode: ``"rgb"`` records ``pixels`` and ``proprio``; ``"state"`` renders nothing (fast:
+            the oracle's own success rate) and records ``state``.
+        terminate_on_success: end each episode at its first success.
+        report: optional callable, called with 1 after each episode (progress across processes).
+
+    Returns:
+        the flat TensorDict ``[N]`` of the module docstring.
+    """
+    from ..envs.mikasa_oracles import make_oracle
+
+    torch.set_num_threads(1)
+    env = ManiSkillEnv(task, image_size=image_size, seed=seed, obs_mode=obs_mode, terminate_on_success=terminate_on_success)
+    keys = STEP_KEYS if obs_mode == "rgb" else ("state",)
+    oracle = make_oracle(task)
+    episodes = []
+    try:
+        for episode in tqdm(range(num_episodes), desc=f"{task} episodes", disable=not progress, dynamic_ncols=True):
+            td = env.reset()
+            oracle.reset(env.raw.unwrapped)
+            steps = []
+            while True:
+                td.set("action", oracle(env.raw.unwrapped))
+                td = env.step(td)
+                steps.append(td.select(*keys, "action", *[("next", k) for k in NEXT_KEYS]))
+                td = step_mdp(td)
+                if bool(steps[-1]["next", "done"]):
+                    break
+            rows = torch.stack(steps)
+            rows.set("is_init", torch.arange(len(rows)).eq(0).unsqueeze(-1))
+            rows.set("episode", torch.full((len(rows),), seed + episode, dtype=torch.int64))
+            episodes.append(rows)
+            if report is not None:
+                report(1)
+    finally:
+        env.close()
+    return torch.cat(episodes)
+
+
+def _play_shard(task: str, count: int, seed: int, image_size: int, queue) -> TensorDict:
+    return play_mikasa_episodes(task, count, seed, image_size=image_size, progress=False, report=queue.put)
+
+
+def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, image_size: int = 64, workers: int = 1,
+                        cache_dir: str | Path | None = "outputs/cache/mikasa", progress: bool = True) -> TensorDict:
+    """Oracle episodes of a MIKASA-Robo task, stored in a ``LazyMemmapStorage`` under ``cache_dir``.
+
+    Built once per (task, episodes, seed, image size, format); later calls load the memory-mapped
+    copy. ``workers > 1`` plays contiguous seed ranges in that many processes (spawned).
+    ``cache_dir=None``: build in memory, store nothing.
+
+    Returns:
+        the flat TensorDict ``[N]`` of the module docstring, ``N = num_episodes * episode length``.
+    """
+    task = mikasa_task(task)
+    for name, value, low in (("num_episodes", num_episodes, 1), ("workers", workers, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"make_mikasa_dataset: {name} must be an int >= {low}, received {value!r}.")
+    if seed + num_episodes > EVAL_SEED:
+        raise ValueError(f"make_mikasa_dataset: seed + num_episodes must be <= {EVAL_SEED} (evaluation seeds start "
+                         f"there), received seed={seed}, num_episodes={num_episodes}.")
+    meta = {"task": task, "num_episodes": num_episodes, "seed": seed, "image_size": image_size, "format": FORMAT_VERSION}
+    folder = None if cache_dir is None else Path(cache_dir) / f"{task}_{num_episodes}_{seed}_{image_size}px"
+    if folder is not None and (folder / "meta.json").exists():
+        stored = json.loads((folder / "meta.json").read_text())
+        if {k: stored.get(k) for k in meta} == meta:
+            return TensorDict.load_memmap(folder / "storage")
+    start = time.perf_counter()
+    data = _build(task, num_episodes, seed, image_size, workers, progress)
+    seconds = time.perf_counter() - start
+    if folder is None:
+        return data
+    if folder.exists():
+        shutil.rmtree(folder)  # an outdated or interrupted build
+    storage = LazyMemmapStorage(len(data), scratch_dir=folder / "storage")
+    storage.set(torch.arange(len(data)), data)
+    success = oracle_success(data)
+    (folder / "meta.json").write_text(json.dumps({**meta, "oracle_success": success, "build_seconds": seconds}))
+    return TensorDict.load_memmap(folder / "storage")
+
+
+def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: int, progress: bool) -> TensorDict:
+    workers = min(workers, num_episodes)
+    if workers == 1:
+        return play_mikasa_episodes(task, num_episodes, seed, image_size=image_size, progress=progress)
+    bounds = [round(i * num_episodes / workers) for i in range(workers + 1)]
+    context = mp.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(_play_shard, task, bounds[i + 1] - bounds[i], seed + bounds[i], image_size, queue)
+                   for i in range(workers)]
+        with tqdm(total=num_episodes, desc=f"{task} episodes ({workers} processes)", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            done = 0
+            while done < num_episodes:
+                if any(f.done() and f.exception() is not None for f in futures):
+                    break  # a worker failed: its exception is raised below
+                try:
+                    done += queue.get(timeout=1.0)
+                    bar.update(1)
+                except Exception:  # queue.Empty through the manager's proxy
+                    pass
+        return torch.cat([f.result() for f in futures])
+
+
+def oracle_eval_success(task: str, episodes: int, progress: bool = False) -> float:
+    """The oracle's success rate on the evaluation seeds ``EVAL_SEED + i`` (state mode: nothing rendered)."""
+    data = play_mikasa_episodes(task, episodes, EVAL_SEED, obs_mode="state", terminate_on_success=True,
+                                progress=progress)
+    return oracle_success(data)
+
+
+def oracle_success(data: TensorDict) -> float:
+    """Fraction of the stored episodes whose ``success_once`` is True at their last step."""
+    last = data["next", "done"].reshape(-1)
+    return data["next", "success_once"].reshape(-1)[last].float().mean().item()
