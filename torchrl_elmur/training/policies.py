@@ -8,6 +8,8 @@ in ``[-bound, bound]``: a deterministic ``bound * tanh`` head writing ``action``
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tensordict.nn import InteractionType
 from tensordict.nn import TensorDictModule as Mod
 from tensordict.nn import TensorDictSequential as Seq
@@ -48,33 +50,44 @@ def make_memory(memory: str, width: int, config: ELMURConfig | None = None, *, i
 
 
 def make_trunk(memory: str, obs_size: int, *, width: int = 64, config: ELMURConfig | None = None,
-               prefix: str | None = None, state_layout: str = "tokens") -> tuple[list[nn.Module], str, int]:
+               prefix: str | None = None, state_layout: str = "tokens", encoder: nn.Module | None = None,
+               in_keys: Sequence[str] = ("observation",)) -> tuple[list[nn.Module], str, int]:
     """``observation [*B, obs_size]`` -> Linear + GELU -> memory: returns ``(modules, features key, width)``,
     the modules to put in a ``TensorDictSequential`` before a head.
 
     Keys: ``embed`` and ``memory`` (``<prefix>_embed``, ``<prefix>_memory`` and state key
     ``<prefix>_rs`` with a ``prefix``). ``"mlp"``: a second Linear + GELU instead of a memory, so
     that the memoryless trunk is not only shallower.
+
+    ``encoder``: instead of the Linear + GELU, a module reading ``in_keys`` (e.g. a
+    :class:`~torchrl_elmur.modules.PixelEncoder` on ``("pixels",)`` or ``("pixels", "proprio")``)
+    and returning ``[*B, width]`` features; ``obs_size`` is then unused.
     """
     names = ("embed", "memory", None) if prefix is None else (f"{prefix}_embed", f"{prefix}_memory", f"{prefix}_rs")
     mem = make_memory(memory, width, config, in_key=names[0], out_key=names[1], state_key=names[2],
                       state_layout=state_layout)
-    layers = [nn.Linear(obs_size, width), nn.GELU()]
+    layers = [nn.Linear(obs_size, width), nn.GELU()] if encoder is None else []
     if mem is None:
         layers += [nn.Linear(width, width), nn.GELU()]
-    encoder = Mod(nn.Sequential(*layers), ["observation"], [names[0]])
+    if encoder is None:
+        encoder = Mod(nn.Sequential(*layers), list(in_keys), [names[0]])
+    else:
+        encoder = Seq(Mod(encoder, list(in_keys), [names[0]]), *([Mod(nn.Sequential(*layers), [names[0]], [names[0]])]
+                                                                 if layers else []))
     if mem is None:
         return [encoder], names[0], width
     return [encoder, mem], names[1], config.d_model if memory == "elmur" else width
 
 
 def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None, action_dim: int | None = None,
-                  action_bound: float = 1.0, width: int = 64, config: ELMURConfig | None = None) -> nn.Module:
+                  action_bound: float = 1.0, width: int = 64, config: ELMURConfig | None = None,
+                  encoder: nn.Module | None = None, in_keys: Sequence[str] = ("observation",)) -> nn.Module:
     """``observation [*B, obs_size]`` -> Linear + GELU (``embed``) -> memory (``memory``) -> head.
 
     Give ``num_actions`` (discrete: writes ``logits`` and ``action``, int) or ``action_dim``
     (continuous: writes ``action`` in ``[-action_bound, action_bound]``). ELMUR's ``config`` must
-    have ``input_size == d_model == width`` or ``input_size == width``.
+    have ``input_size == d_model == width`` or ``input_size == width``. ``encoder`` / ``in_keys``:
+    see :func:`make_trunk` (pixels: a ``PixelEncoder``).
 
     Examples:
         >>> actor = make_bc_actor("gru", 5, num_actions=3, width=8)
@@ -84,7 +97,7 @@ def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None,
     if (num_actions is None) == (action_dim is None):
         raise ValueError(f"make_bc_actor: give exactly one of num_actions (discrete) and action_dim (continuous); "
                          f"received num_actions={num_actions}, action_dim={action_dim}.")
-    trunk, features, out = make_trunk(memory, obs_size, width=width, config=config)
+    trunk, features, out = make_trunk(memory, obs_size, width=width, config=config, encoder=encoder, in_keys=in_keys)
     if num_actions is not None:
         head = Mod(nn.Linear(out, num_actions), [features], ["logits"])
         return ProbabilisticActor(Seq(*trunk, head), in_keys=["logits"], out_keys=["action"],
