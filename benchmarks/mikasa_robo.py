@@ -1,0 +1,212 @@
+"""MIKASA-Robo offline benchmark: behaviour cloning of ELMUR, GRU, LSTM and a memoryless MLP from pixels.
+
+For every task: the scripted oracle's episodes recorded from two cameras (``make_mikasa_dataset``,
+cached on disk), then per policy the same recipe on the same CNN encoder (``PixelEncoder``) and
+data (``train_bc``: AdamW, whole episodes as rows, MSE on the actions), then ``--eval-episodes``
+greedy episodes in the real env on seeds disjoint from the data's (``EVAL_SEED`` on), scored by
+``success_once`` (``mikasa_success``, ``--workers`` CPU processes). The oracle is scored on the same
+seeds. Pixels only by default, as in the paper (``--proprio`` adds joints and TCP pose).
+
+    python benchmarks/mikasa_robo.py                         # RememberColor3, reduced CPU default (about an hour)
+    python benchmarks/mikasa_robo.py --tasks RememberColor3-v0 RememberColor5-v0 RememberColor9-v0 TakeItBack-v0 \\
+        --episodes 1000 --image-size 128 --eval-episodes 100 --preset paper --steps 5000   # paper scale
+    torchrun --nproc_per_node=2 benchmarks/mikasa_robo.py    # training data-parallel (DDP)
+
+Prints a table in the paper's form, writes ``<out>/mikasa_robo.{csv,md,png,json}`` and ends with one
+JSON line (the .json).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_report  # noqa: E402
+
+from torchrl_elmur import ELMURConfig  # noqa: E402
+from torchrl_elmur.data import make_mikasa_dataset, make_offline_replay_buffer  # noqa: E402
+from torchrl_elmur.data.mikasa_dataset import oracle_eval_success  # noqa: E402
+from torchrl_elmur.envs.mikasa_env import MIKASA_TASKS, episode_length, mikasa_task, render_device_error  # noqa: E402
+from torchrl_elmur.modules import PixelEncoder  # noqa: E402
+from torchrl_elmur.objectives import SequenceMSELoss  # noqa: E402
+from torchrl_elmur.training import train_bc  # noqa: E402
+from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed,  # noqa: E402
+                                                rows_per_rank, shutdown, wrap_ddp)
+from torchrl_elmur.training.evaluate import mikasa_success  # noqa: E402
+from torchrl_elmur.training.policies import MEMORIES, make_bc_actor  # noqa: E402
+
+# ELMUR per task family: the published configuration (ELMUR.md section 5), or a CPU-sized one with
+# the published segment length, lambda and sigma (3 segments per episode) at --width
+PUBLISHED = {"RememberColor": ELMURConfig.mikasa_remember_color, "TakeItBack": ELMURConfig.mikasa_take_it_back}
+PRESETS = ("cpu", "paper")
+ACTION_DIMS = {"pd_ee_delta_pos": 4, "pd_ee_delta_pose": 7}
+PROPRIO = 25  # ManiSkillEnv's proprio: qpos 9, qvel 9, TCP pose 7
+
+
+@dataclass
+class Args:
+    tasks: list[str] = field(default_factory=lambda: ["RememberColor3-v0"])  # of RememberColor3/5/9-v0, TakeItBack-v0
+    policies: list[str] = field(default_factory=lambda: ["elmur", "gru", "lstm", "mlp"])  # of elmur, gru, lstm, mlp
+    preset: str = "cpu"  # ELMUR: "cpu" (2 layers, 4 heads, 16 slots, --width) or "paper" (the published per task)
+    detach_memory: bool = False  # ELMUR: detach memory at segment boundaries (the published setting)
+    episodes: int = 200  # oracle episodes per task in the dataset (paper: 1000)
+    image_size: int = 64  # camera resolution (paper: 128)
+    proprio: bool = False  # give the policies joints and TCP pose besides the pixels (paper: pixels only)
+    steps: int = 400  # optimizer steps per policy
+    batch: int = 16  # rows (whole episodes) per batch
+    lr: float = 3e-4
+    width: int = 64  # encoder output and memory width ("cpu" preset)
+    grad_clip: float = 5.0
+    eval_episodes: int = 30  # evaluation episodes per task and policy (seeds EVAL_SEED + i; paper: 100)
+    workers: int = 2  # CPU processes for data collection and evaluation
+    seed: int = 0
+    threads: int = 1  # torch threads for training
+    out: str = "outputs/benchmarks"
+    cache: str = "outputs/cache/mikasa"  # where the datasets are stored
+    progress: bool = True
+
+
+def check(args: Args) -> str | None:
+    bad = [p for p in args.policies if p not in MEMORIES]
+    if bad:
+        return f"--policies: unknown {bad}, expected some of {list(MEMORIES)}"
+    if args.preset not in PRESETS:
+        return f"--preset: expected one of {list(PRESETS)}, received {args.preset!r}"
+    try:
+        [mikasa_task(t) for t in args.tasks]
+    except ValueError as err:
+        return f"--tasks: {err}"
+    for name in ("episodes", "steps", "batch", "eval_episodes", "workers"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
+    if args.image_size < 36:
+        return f"--image-size must be >= 36 (the encoder's three convolutions), received {args.image_size}"
+    return None
+
+
+def elmur_config(task: str, args: Args) -> ELMURConfig:
+    published = PUBLISHED[MIKASA_TASKS[task][0]]
+    if args.preset == "paper":
+        return published(detach_memory=args.detach_memory)
+    return published(d_model=args.width, num_layers=2, num_heads=4, memory_slots=16, detach_memory=args.detach_memory)
+
+
+def make_actor(task: str, memory: str, args: Args):
+    config = elmur_config(task, args)
+    width = config.d_model  # every policy gets ELMUR's width: the same encoder, only the memory differs
+    encoder = PixelEncoder(6, args.image_size, width=width, proprio_size=PROPRIO if args.proprio else 0)
+    keys = ("pixels", "proprio") if args.proprio else ("pixels",)
+    return make_bc_actor(memory, 0, action_dim=ACTION_DIMS[MIKASA_TASKS[task][1]], width=width,
+                         config=config if memory == "elmur" else None,
+                         encoder=encoder, in_keys=keys)
+
+
+def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext) -> dict | None:
+    """Train one policy (on every torchrun rank, DDP) and evaluate it (rank 0; others return None)."""
+    torch.manual_seed(args.seed)
+    actor = make_actor(task, memory, args)
+    loss = wrap_ddp(SequenceMSELoss(actor), ctx)
+    window = episode_length(task)  # rows are whole episodes
+    buffer = make_offline_replay_buffer(data, args.batch, window, seed=args.seed)
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
+    history = train_bc(actor, loss, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=window,
+                       grad_clip=args.grad_clip, name=f"{task}/{memory}", progress=args.progress, ctx=ctx)
+    if not ctx.is_main:
+        return None
+    t0 = time.perf_counter()
+    success = mikasa_success(actor, task, args.eval_episodes, image_size=args.image_size, workers=args.workers,
+                             progress=args.progress, desc=f"eval {memory}")
+    return {"task": task, "policy": memory, "success": success.float().mean().item(),
+            "successes": int(success.sum()), "episodes": len(success), "train_seconds": history.train_seconds,
+            "eval_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in actor.parameters())}
+
+
+def plot(table: dict[str, dict[str, float]], columns: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(table)
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 * len(tasks)), 3.4))
+    for i, c in enumerate(columns):
+        ax.bar(np.arange(len(tasks)) + (i - (len(columns) - 1) / 2) * width, [table[t].get(c, 0.0) for t in tasks], width,
+               label=c)
+    for j, t in enumerate(tasks):
+        ax.hlines(table[t]["chance"], j - 0.4, j + 0.4, colors="black", linestyles="dotted", linewidth=1)
+    ax.set_xticks(np.arange(len(tasks)), tasks, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (success_once)")
+    ax.legend(fontsize=7, ncol=len(columns))
+    ax.set_title("MIKASA-Robo, behaviour cloning from pixels (dotted: one guess among the colours)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def chance(task: str) -> float:
+    """Success of a policy that picks one cube uniformly (RememberColor); TakeItBack has no such guess."""
+    return 1.0 / int(task.removeprefix("RememberColor")[0]) if task.startswith("RememberColor") else 0.0
+
+
+def main() -> None:
+    args = parse_dataclass(Args, __doc__.splitlines()[0], check=check)
+    error = render_device_error()
+    if error is not None:
+        raise SystemExit(f"mikasa_robo: {error}")
+    torch.set_num_threads(args.threads)
+    ctx = init_distributed()  # under torchrun: every rank trains (DDP), rank 0 collects, evaluates and reports
+    try:
+        rows_per_rank(args.batch, ctx)
+    except ValueError as err:
+        raise SystemExit(f"--batch: {err}") from None
+    start = time.perf_counter()
+    rows, table = [], {}
+    for task in args.tasks:
+        for turn in (True, False):  # rank 0 builds (or loads) the cached dataset first, the others then load it
+            if ctx.is_main == turn:
+                data = make_mikasa_dataset(task, args.episodes, seed=args.seed, image_size=args.image_size,
+                                           workers=args.workers, cache_dir=args.cache, progress=args.progress and ctx.is_main)
+            barrier(ctx)
+        if ctx.is_main:
+            table[task] = {"oracle": oracle_eval_success(task, args.eval_episodes), "chance": chance(task)}
+        for memory in args.policies:
+            row = run_policy(task, memory, data, args, ctx)
+            if row is None:
+                continue
+            rows.append(row)
+            table[task][memory] = row["success"]
+            print(f"  {task:20s} {memory:6s} success {row['success']:.2f} ({row['successes']}/{row['episodes']}; oracle "
+                  f"{table[task]['oracle']:.2f}; train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s)",
+                  flush=True)
+    if not ctx.is_main:
+        return shutdown(ctx)
+    columns = ["oracle", *args.policies, "chance"]
+    header = (f"MIKASA-Robo BC from pixels ({args.image_size}x{args.image_size}, 2 cameras{', + proprio' if args.proprio else ''}): "
+              f"{args.episodes} oracle episodes per task, {args.steps} steps x {args.batch} episodes, AdamW {args.lr}, "
+              f"ELMUR preset {args.preset!r} (detach_memory={args.detach_memory}), {args.eval_episodes} eval episodes, "
+              f"seed {args.seed}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+              f"{time.perf_counter() - start:.0f} s")
+    summary = [{"task": t, **table[t]} for t in table]
+    cols = [("task", "task", "s")] + [(c, c, ".2f") for c in columns]
+    out = write_report("mikasa_robo", header, summary, cols, args.out, csv_rows=rows)
+    plot(table, columns, out / "mikasa_robo.png")
+    result = json.dumps({"benchmark": "mikasa_robo", "tasks": table, "rows": rows, "preset": args.preset,
+                         "episodes": args.episodes, "image_size": args.image_size, "proprio": args.proprio,
+                         "world_size": ctx.world_size})
+    (out / "mikasa_robo.json").write_text(result + "\n")
+    print(f"wrote {out / 'mikasa_robo.csv'}, .md, .png, .json")
+    print(result)
+    shutdown(ctx)
+
+
+if __name__ == "__main__":
+    main()

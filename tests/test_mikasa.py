@@ -1,0 +1,184 @@
+"""MIKASA-Robo (ManiSkill 3): the TorchRL env, the visual-only hiding fix, the oracles, the dataset, ELMUR through a
+Collector, the ParallelEnv evaluation and a smoke run of the benchmark. Skipped, with the reason, where SAPIEN finds
+no render device (every ManiSkill env needs one) or MIKASA-Robo is not installed."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchrl.collectors import Collector
+from torchrl.envs.utils import check_env_specs
+from torchrl.modules import set_recurrent_mode
+from torchrl.modules.utils import get_primers_from_module
+
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.envs.mikasa_env import MIKASA_TASKS, ManiSkillEnv, make_mikasa_env, mikasa_task, render_device_error
+from torchrl_elmur.modules import PixelEncoder
+from torchrl_elmur.training.policies import make_bc_actor
+
+SIZE = 36  # the smallest image the encoder takes: rendering costs the same, the tests' tensors are smaller
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_render = pytest.mark.skipif(render_device_error() is not None, reason=f"MIKASA-Robo: {render_device_error()}")
+
+
+def test_unknown_task_names_the_valid_ids():
+    with pytest.raises(ValueError, match=r"unknown task 'RememberColor4-v0'.*Did you mean.*RememberColor"):
+        mikasa_task("RememberColor4-v0")
+
+
+def test_pixel_encoder_checks_shapes():
+    enc = PixelEncoder(6, SIZE, width=8, proprio_size=3)
+    assert enc(torch.zeros(2, 4, 6, SIZE, SIZE, dtype=torch.uint8), torch.zeros(2, 4, 3)).shape == (2, 4, 8)
+    with pytest.raises(ValueError, match=r"'pixels' must end in \[6, 36, 36\], received \[2, 3, 36, 36\]"):
+        enc(torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"'proprio' must end in 3, received None"):
+        enc(torch.zeros(2, 6, SIZE, SIZE, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="image_size must be >= 36"):
+        PixelEncoder(6, 32, width=8)
+
+
+def pixel_actor(memory, task="RememberColor3-v0"):
+    config = ELMURConfig.mikasa_remember_color(d_model=16, num_layers=1, num_heads=2, memory_slots=4, segment_len=5,
+                                               detach_memory=False)
+    return make_bc_actor(memory, 0, action_dim=4, width=16, config=config if memory == "elmur" else None,
+                         encoder=PixelEncoder(6, SIZE, width=16), in_keys=("pixels",))
+
+
+@needs_render
+def test_specs_rollout_and_argument_errors():
+    env = ManiSkillEnv("RememberColor3-v0", image_size=SIZE, seed=0)
+    try:
+        check_env_specs(env)
+        td = env.rollout(4)
+        assert td["pixels"].shape == (4, 6, SIZE, SIZE) and td["pixels"].dtype == torch.uint8
+        assert td["proprio"].shape == (4, 25) and env.action_spec.shape == (4,)
+        assert td["next", "step_count"].reshape(-1).tolist() == [1, 2, 3, 4]
+        assert not td["next", "done"].any()
+        with pytest.raises(ValueError, match=r"'action' must have shape \[4\], received \[7\]"):
+            env.step(env.reset().set("action", torch.zeros(7)))
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="obs_mode='depth' is invalid"):
+        ManiSkillEnv("RememberColor3-v0", obs_mode="depth")
+    with pytest.raises(ValueError, match="image_size must be an int in"):
+        ManiSkillEnv("RememberColor3-v0", image_size=8)
+
+
+@needs_render
+def test_hiding_is_visual_the_cubes_stay_on_the_table():
+    """As shipped, RememberColor's hiding moves the real bodies to z = 1000 on CPU physics, from where they
+    fall: here they stay at their places (z = half size) while the frames of steps 5-9 show no cube and
+    those of step 10 on show all of them."""
+    env = ManiSkillEnv("RememberColor3-v0", image_size=64, seed=1)
+    raw = env.raw.unwrapped
+    try:
+        td = env.reset()
+        frames = {}
+        for t in range(1, 13):
+            td = env.step(td.set("action", torch.zeros(4)))["next"]
+            frames[t] = td["pixels"][:3].permute(1, 2, 0).numpy().astype(int)  # base camera [H, W, 3]
+        real = [cube.pose.p.reshape(3) for cube in raw.cubes.values()]  # step 12: shown again, real poses
+        assert all(abs(p[2].item() - raw.CUBE_HALFSIZE) < 5e-3 for p in real), real
+
+        def saturated(frame):  # pixels of a pure red, green or blue cube (the table is brown, the robot grey)
+            return int(((frame.max(-1) > 120) & (frame.min(-1) < 40) & (np.sort(frame, -1)[..., 1] < 60)).sum())
+
+        assert saturated(frames[7]) == 0 and saturated(frames[12]) > 0
+    finally:
+        env.close()
+
+
+@needs_render
+@pytest.mark.parametrize("task, obs_mode, episodes", [("RememberColor3-v0", "rgb", 1), ("RememberColor9-v0", "state", 2),
+                                                      ("TakeItBack-v0", "state", 2)])
+def test_oracle_succeeds(task, obs_mode, episodes):
+    from torchrl_elmur.data.mikasa_dataset import oracle_success, play_mikasa_episodes
+
+    data = play_mikasa_episodes(task, episodes, seed=7, image_size=SIZE, obs_mode=obs_mode, progress=False)
+    assert oracle_success(data) == 1.0
+    assert data.batch_size[0] == episodes * {"RememberColor": 60, "TakeItBack": 180}[MIKASA_TASKS[task][0]]
+
+
+@needs_render
+def test_dataset_on_disk_keeps_uint8_and_reloads(tmp_path):
+    from torchrl_elmur.data import make_mikasa_dataset
+
+    data = make_mikasa_dataset("RememberColor3-v0", 2, seed=3, image_size=SIZE, workers=2, cache_dir=tmp_path,
+                               progress=False)
+    assert data.batch_size == (120,)
+    assert data["pixels"].dtype == torch.uint8 and data["pixels"].shape == (120, 6, SIZE, SIZE)
+    assert data["action"].dtype == torch.float32 and data["action"].shape == (120, 4)
+    assert data["is_init"].reshape(-1).nonzero().reshape(-1).tolist() == [0, 60]
+    assert data["episode"].unique().tolist() == [3, 4]  # seeds 3 and 4, one per worker
+    assert data["next", "done"].reshape(-1).nonzero().reshape(-1).tolist() == [59, 119]
+    folder = next(tmp_path.iterdir())
+    assert (folder / "storage" / "pixels.memmap").stat().st_size == 120 * 6 * SIZE * SIZE  # one byte per value on disk
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["oracle_success"] == 1.0 and meta["image_size"] == SIZE
+    again = make_mikasa_dataset("RememberColor3-v0", 2, seed=3, image_size=SIZE, cache_dir=tmp_path, progress=False)
+    assert again["pixels"].dtype == torch.uint8 and torch.equal(again["pixels"][:], data["pixels"][:])
+    with pytest.raises(ValueError, match="seed \\+ num_episodes must be <= 1000000"):
+        make_mikasa_dataset("RememberColor3-v0", 2, seed=999_999, cache_dir=None)
+
+
+@needs_render
+def test_elmur_policy_through_a_collector_replays_exactly():
+    """A TorchRL Collector streams a pixel ELMUR policy through the env (state carried by the primer); the
+    collected actions come back in recurrent mode over the whole rollout."""
+    actor = pixel_actor("elmur").eval()
+    env = make_mikasa_env("RememberColor3-v0", image_size=SIZE, seed=0)
+    env.append_transform(get_primers_from_module(actor))
+    collector = Collector(env, actor, frames_per_batch=12, total_frames=12)
+    try:
+        batch = next(iter(collector))
+    finally:
+        collector.shutdown()
+    assert batch["pixels"].shape == (12, 6, SIZE, SIZE) and batch["is_init"][0].item()
+    with torch.no_grad(), set_recurrent_mode(True):
+        replay = actor(batch.exclude("action").unsqueeze(0))["action"][0]
+    torch.testing.assert_close(replay, batch["action"], atol=1e-5, rtol=1e-5)
+
+
+@needs_render
+def test_parallel_evaluation():
+    """mikasa_success streams a policy through a ParallelEnv of two processes: one bool per episode, and
+    this process's torch threads as they were (ParallelEnv changes them when it starts and closes)."""
+    from torchrl_elmur.training.evaluate import mikasa_success
+
+    threads = torch.get_num_threads()
+    success = mikasa_success(pixel_actor("mlp"), "RememberColor3-v0", 3, image_size=SIZE, workers=2)
+    assert success.shape == (3,) and success.dtype == torch.bool
+    assert torch.get_num_threads() == threads
+
+
+def test_benchmark_rejects_unknown_task():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks/mikasa_robo.py"), "--tasks", "RememberColour3-v0"],
+                          capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 2 and "--tasks: MIKASA task: unknown task 'RememberColour3-v0'" in proc.stderr
+
+
+@needs_render
+def test_benchmark_smoke(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    flags = ["--episodes", "2", "--steps", "2", "--batch", "2", "--eval-episodes", "2", "--workers", "2",
+             "--image-size", str(SIZE), "--policies", "elmur", "mlp", "--out", str(tmp_path / "out"),
+             "--cache", str(tmp_path / "cache"), "--no-progress"]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks/mikasa_robo.py"), *flags], capture_output=True,
+                          text=True, cwd=root, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = result["tasks"]["RememberColor3-v0"]
+    assert row["oracle"] == 1.0 and abs(row["chance"] - 1 / 3) < 1e-9 and 0.0 <= row["elmur"] <= 1.0
+    assert [r["policy"] for r in result["rows"]] == ["elmur", "mlp"] and all(r["episodes"] == 2 for r in result["rows"])
+    for ext in ("csv", "md", "png", "json"):
+        assert (tmp_path / "out" / f"mikasa_robo.{ext}").stat().st_size > 0
