@@ -15,14 +15,14 @@ sys.path.insert(0, str(SCRIPT.parent))
 from ddp_bc_run import build_actor  # noqa: E402
 
 
-def torchrun(nproc: int, out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, out: Path, *args: str, timeout: int = 120, script: Path = SCRIPT) -> subprocess.CompletedProcess:
     """torchrun with its output in a log file (``.stderr`` holds it): through pipes, 2-rank runs hung
     on this machine (benchmarks/scaling.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ELMUR_DDP_TIMEOUT": "60"}
     log = out.with_suffix(".log")
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                               str(SCRIPT), str(out), *args], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+                               str(script), str(out), *args], stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout)
     proc.stderr = log.read_text()
     return proc
 
@@ -48,6 +48,25 @@ def test_two_ranks_take_the_steps_of_one(tmp_path, updates, optimizer):
     apart = max((one[k] - two[k]).abs().max().item() for k in floats)
     assert moved > 1e-3, "training should change the weights"
     assert apart < 1e-10, f"the 2-rank weights differ from the 1-process weights by {apart:.2e}"
+
+
+def test_iql_tutorial_loop_two_ranks_take_the_steps_of_one(tmp_path):
+    """The IQL tutorial's own loop (DiscreteIQLLoss with functional actor, Q and V networks, SoftUpdate
+    targets, per-network clipping, AdamW): 1 process with 8 rows or 2 ranks with 4 each, 3 steps,
+    float64 without dropout, end with the same parameters (targets included)."""
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"iql_{nproc}.pt"
+        proc = torchrun(nproc, out, "3", "8", script=ROOT / "tests" / "ddp_iql_run.py", timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[nproc] = torch.load(out)
+        assert runs[nproc].pop("world_size") == nproc
+    one, two = runs[1], runs[2]
+    assert one.keys() == two.keys()
+    floats = [k for k in one if one[k].is_floating_point()]
+    assert len(floats) > 50  # actor, Q-network, value network and the target Q-network
+    apart = max((one[k] - two[k]).abs().max().item() for k in floats)
+    assert apart < 1e-10, f"the 2-rank parameters differ from the 1-process ones by {apart:.2e}"
 
 
 def test_a_dead_rank_fails_the_run_within_the_time_out(tmp_path):

@@ -25,6 +25,7 @@ The script reads top to bottom:
     python tutorials/offline_iql.py --compare       # IQL-elmur, BC-elmur, IQL-lstm, IQL-gru, one table (~14 min)
     python tutorials/offline_iql.py --method bc     # behaviour cloning on the same mixed data
     python tutorials/offline_iql.py --policy gru --eval-lengths 30 100 1000 10000
+    torchrun --nproc_per_node=2 tutorials/offline_iql.py   # data-parallel (DDP): each rank trains on half the rows
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropy
 from torchrl_elmur.training import (episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate)
 from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.distributed import (DistributedContext, init_distributed, rows_per_rank, shard_rows,
+                                                shutdown, wrap_ddp)
 
 COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
 
@@ -165,16 +168,17 @@ def make_critics(kind: str, args: Args) -> tuple[TensorDictSequential, TensorDic
 # ----------------------------------------------------------------------------------------------
 # 3. The data
 # ----------------------------------------------------------------------------------------------
-def make_data(args: Args):
+def make_data(args: Args, verbose: bool = True):
     fractions = {"oracle": args.oracle, "wrong_turn": args.wrong_turn, "wander": args.wander}
     data = make_tmaze_mixed_dataset(args.episodes, fractions=fractions, wander_noise=args.wander_noise,
                                     max_corridor=args.max_corridor, seed=args.seed)
     starts = data["is_init"].squeeze(-1)
     returns = torch.zeros(args.episodes).index_add_(0, data["episode"], data["next", "reward"].squeeze(-1))
     behaviour = data["behaviour"][starts]
-    print(f"data: {args.episodes} episodes, {data.numel()} transitions, mean return {returns.mean():.2f}; "
-          + ", ".join(f"{name} {int((behaviour == i).sum())} (return {returns[behaviour == i].mean():.2f})"
-                      for i, name in enumerate(BEHAVIOURS) if (behaviour == i).any()))
+    if verbose:
+        print(f"data: {args.episodes} episodes, {data.numel()} transitions, mean return {returns.mean():.2f}; "
+              + ", ".join(f"{name} {int((behaviour == i).sum())} (return {returns[behaviour == i].mean():.2f})"
+                          for i, name in enumerate(BEHAVIOURS) if (behaviour == i).any()))
     return data
 
 
@@ -212,7 +216,10 @@ def make_iql_loss(actor: ProbabilisticActor, kind: str, args: Args) -> DiscreteI
     return loss
 
 
-def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, run, name: str):
+def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, run, name: str, ctx: DistributedContext):
+    # Under torchrun every rank samples the same global batch (same seed) and trains on its shard of
+    # rows; DDP (around the whole loss module: the three networks' functional parameters are its
+    # parameters) averages the gradients, so N ranks take the steps one process takes with all rows.
     buffer = make_offline_replay_buffer(data, args.batch, args.seq_len, seed=args.seed)
     if method == "iql":
         loss_module = make_iql_loss(actor, kind, args)
@@ -226,19 +233,21 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
     lrs = [args.lr] + [args.critic_lr] * (len(groups) - 1)  # actor first
     optimizer = torch.optim.AdamW([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)])
     loss_module.train()
+    ddp_loss = wrap_ddp(loss_module, ctx)  # loss_module itself in one process
     start = time.perf_counter()
-    bar = trange(args.steps, desc=f"train {name}", dynamic_ncols=True)
+    bar = trange(args.steps, desc=f"train {name}", dynamic_ncols=True, disable=not ctx.is_main)
     success = None
     for step in bar:
         batch = buffer.sample().reshape(args.batch, args.seq_len)  # [B, T], each row from an episode start
-        losses = loss_module(batch)  # runs every network in recurrent mode
+        batch = shard_rows(batch, ctx)  # this rank's rows (all of them in one process)
+        losses = ddp_loss(batch)  # runs every network in recurrent mode
         optimizer.zero_grad()
         sum(losses[k] for k in loss_keys).backward()
         grad_norms = [nn.utils.clip_grad_norm_(g, args.grad_clip) for g in groups]
         optimizer.step()
         if target_updater is not None:
             target_updater.step()
-        look = args.eval_every and (step + 1) % args.eval_every == 0  # a quick look at the greedy policy
+        look = ctx.is_main and args.eval_every and (step + 1) % args.eval_every == 0  # a quick look at the greedy policy
         if look:
             success = tmaze_success_rate(actor, min(args.eval_lengths), args.eval_episodes, seed=args.seed + 20_000)
             run.log({f"{name}/success_during_training": success, f"{name}/step": step})
@@ -254,11 +263,13 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
 # ----------------------------------------------------------------------------------------------
 # 6. Run and report
 # ----------------------------------------------------------------------------------------------
-def run_one(method: str, kind: str, data, args: Args, run, out: Path) -> dict:
+def run_one(method: str, kind: str, data, args: Args, run, out: Path, ctx: DistributedContext) -> dict | None:
     name = f"{method}-{kind}"
     torch.manual_seed(args.seed)
     actor = make_actor(kind, args)
-    train_seconds, loss_module = train(actor, method, kind, data, args, run, name)
+    train_seconds, loss_module = train(actor, method, kind, data, args, run, name, ctx)
+    if not ctx.is_main:  # rank 0 saves and evaluates
+        return None
     torch.save({"actor": actor.state_dict(), "loss": loss_module.state_dict(), "args": asdict(args)}, out / f"{name}.pt")
     # evaluation: the greedy actor streams through the batched env, one TorchRL step at a time
     success, eval_seconds = evaluate_lengths(actor, args.eval_lengths, args.eval_episodes, seed=args.seed + 10_000,
@@ -294,18 +305,28 @@ def main() -> None:
     args = parse_dataclass(Args, __doc__.split("\n\n")[0], check=check_args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    ctx = init_distributed()  # one process, or one of torchrun's ranks (README: "Scaling out")
+    try:
+        rows_per_rank(args.batch, ctx)
+    except ValueError as err:
+        raise SystemExit(f"--batch: {err}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = start_wandb(args.wandb, project="torchrl_elmur", run_dir=out, config=asdict(args), name="offline_iql")
-    data = make_data(args)
+    run = start_wandb(args.wandb if ctx.is_main else "disabled", project="torchrl_elmur", run_dir=out,
+                      config=asdict(args) | {"world_size": ctx.world_size}, name="offline_iql")
+    data = make_data(args, verbose=ctx.is_main)  # in memory and seeded: every rank builds the same
     runs = COMPARE if args.compare else ((args.method, args.policy),)
     results = {}
     for method, kind in runs:
-        print(f"== {method}-{kind}")
-        results[f"{method}-{kind}"] = run_one(method, kind, data, args, run, out)
-    report(results, args, out)
-    run.finish()
-    print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"]} for k, r in results.items()}))
+        if ctx.is_main:
+            print(f"== {method}-{kind}" + (f" ({ctx.world_size} ranks x {rows_per_rank(args.batch, ctx)} rows)"
+                                           if ctx.distributed else ""))
+        results[f"{method}-{kind}"] = run_one(method, kind, data, args, run, out, ctx)
+    if ctx.is_main:
+        report(results, args, out)
+        run.finish()
+        print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"]} for k, r in results.items()}))
+    shutdown(ctx)
 
 
 if __name__ == "__main__":
