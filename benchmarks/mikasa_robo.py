@@ -11,6 +11,8 @@ seeds. Pixels only by default, as in the paper (``--proprio`` adds joints and TC
     python benchmarks/mikasa_robo.py --tasks RememberColor3-v0 RememberColor5-v0 RememberColor9-v0 TakeItBack-v0 \\
         --episodes 1000 --image-size 128 --eval-episodes 100 --preset paper --steps 5000   # paper scale
     torchrun --nproc_per_node=2 benchmarks/mikasa_robo.py    # training data-parallel (DDP)
+    python benchmarks/mikasa_robo.py --oracle-only --tasks RememberColor3-v0 RememberColor5-v0 RememberColor9-v0 \
+        TakeItBack-v0 --eval-episodes 100                   # the scripted oracles' success per task
 
 Prints a table in the paper's form, writes ``<out>/mikasa_robo.{csv,md,png,json}`` and ends with one
 JSON line (the .json).
@@ -31,7 +33,7 @@ from common import write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_mikasa_dataset, make_offline_replay_buffer  # noqa: E402
-from torchrl_elmur.data.mikasa_dataset import oracle_eval_success  # noqa: E402
+from torchrl_elmur.data.mikasa_dataset import EVAL_SEED, oracle_eval_success  # noqa: E402
 from torchrl_elmur.envs.mikasa_env import MIKASA_TASKS, episode_length, mikasa_task, render_device_error  # noqa: E402
 from torchrl_elmur.modules import PixelEncoder  # noqa: E402
 from torchrl_elmur.objectives import SequenceMSELoss  # noqa: E402
@@ -68,9 +70,11 @@ class Args:
     workers: int = 2  # CPU processes for data collection and evaluation
     seed: int = 0
     threads: int = 1  # torch threads for training
+    device: str = "cpu"  # training device ("cuda": the dataset moves there too); evaluation runs on the CPU beside the envs
     out: str = "outputs/benchmarks"
     cache: str = "outputs/cache/mikasa"  # where the datasets are stored
     progress: bool = True
+    oracle_only: bool = False  # only score the oracle on --eval-episodes seeds of each task (state mode, fast) and exit
 
 
 def check(args: Args) -> str | None:
@@ -86,6 +90,8 @@ def check(args: Args) -> str | None:
     for name in ("episodes", "steps", "batch", "eval_episodes", "workers"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        return f"--device: expected cpu or cuda (with a GPU), received {args.device!r}"
     if args.image_size < 36:
         return f"--image-size must be >= 36 (the encoder's three convolutions), received {args.image_size}"
     return None
@@ -111,16 +117,19 @@ def make_actor(task: str, memory: str, args: Args):
 def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext) -> dict | None:
     """Train one policy (on every torchrun rank, DDP) and evaluate it (rank 0; others return None)."""
     torch.manual_seed(args.seed)
-    actor = make_actor(task, memory, args)
+    device = ctx.device if ctx.distributed else torch.device(args.device)
+    actor = make_actor(task, memory, args).to(device)
     loss = wrap_ddp(SequenceMSELoss(actor), ctx)
     window = episode_length(task)  # rows are whole episodes
-    buffer = make_offline_replay_buffer(data, args.batch, window, seed=args.seed)
+    buffer = make_offline_replay_buffer(data if device.type == "cpu" else data.to(device), args.batch, window,
+                                        seed=args.seed)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
     history = train_bc(actor, loss, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=window,
                        grad_clip=args.grad_clip, name=f"{task}/{memory}", progress=args.progress, ctx=ctx)
     if not ctx.is_main:
         return None
     t0 = time.perf_counter()
+    actor = actor.to("cpu")  # the envs and their ParallelEnv buffers live on the CPU
     success = mikasa_success(actor, task, args.eval_episodes, image_size=args.image_size, workers=args.workers,
                              progress=args.progress, desc=f"eval {memory}")
     return {"task": task, "policy": memory, "success": success.float().mean().item(),
@@ -157,13 +166,32 @@ def chance(task: str) -> float:
     return 1.0 / int(task.removeprefix("RememberColor")[0]) if task.startswith("RememberColor") else 0.0
 
 
+def oracles(args: Args) -> None:
+    """The scripted oracles' success on the evaluation seeds, per task (state mode: nothing rendered)."""
+    rows = []
+    for task in args.tasks:
+        t0 = time.perf_counter()
+        success = oracle_eval_success(task, args.eval_episodes, progress=args.progress)
+        rows.append({"task": task, "control_mode": MIKASA_TASKS[task][1], "oracle": success,
+                     "episodes": args.eval_episodes, "seconds": time.perf_counter() - t0})
+    header = (f"MIKASA-Robo scripted oracles: success_once on seeds {EVAL_SEED}..{EVAL_SEED + args.eval_episodes - 1}, "
+              f"CPU physics; torch {torch.__version__}")
+    cols = [("task", "task", "s"), ("control_mode", "control mode", "s"), ("oracle", "success", ".2f"),
+            ("episodes", "episodes", "d"), ("seconds", "seconds", ".0f")]
+    out = write_report("mikasa_oracles", header, rows, cols, args.out)
+    print(f"wrote {out / 'mikasa_oracles.csv'}, .md")
+    print(json.dumps({"benchmark": "mikasa_oracles", "rows": rows}))
+
+
 def main() -> None:
     args = parse_dataclass(Args, __doc__.splitlines()[0], check=check)
     error = render_device_error()
     if error is not None:
         raise SystemExit(f"mikasa_robo: {error}")
+    if args.oracle_only:
+        return oracles(args)
     torch.set_num_threads(args.threads)
-    ctx = init_distributed()  # under torchrun: every rank trains (DDP), rank 0 collects, evaluates and reports
+    ctx = init_distributed(args.device)  # under torchrun: every rank trains (DDP), rank 0 collects, evaluates and reports
     try:
         rows_per_rank(args.batch, ctx)
     except ValueError as err:
