@@ -7,12 +7,13 @@
 #   bash benchmarks/mikasa_gpu.sh run [out_dir]       # install what is carried, then run (second call)
 #
 # Packages: ManiSkill's 101 MB wheel and sapien's 51 MB do not travel in one 64 MiB call. Build the two halves
-# here with `python benchmarks/mikasa_gpu_bundle.py` (.mikasa_a: sapien + the Vulkan/EGL loader .debs, 49 MiB;
+# here with `python benchmarks/mikasa_gpu_bundle.py` (.mikasa_a: sapien + the Vulkan/EGL loader .debs, 49.3 MiB;
 # .mikasa_b: torchrl, tensordict, gymnasium, mikasa-robo-suite, mani-skill's small dependencies and a reduced
-# mani-skill, 33 MiB), carry .mikasa_a with `install`, then .mikasa_b with `run` while the machine is warm: both
+# mani-skill, 33.0 MiB), carry .mikasa_a with `install`, then .mikasa_b with `run` while the machine is warm: both
 # install into /tmp/site (Python) and /tmp/gl (loaders), which live as long as the machine.
 #
-# STATUS: prepared on the CPU machine (bundle built, reduced mani-skill checked there); not yet run on a GPU.
+# STATUS: prepared on the CPU machine (bundle built; the reduced mani-skill renders reset frames identical to the
+# full one); not yet run on a GPU (none lent to the session that wrote it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"

@@ -30,9 +30,8 @@ PART_B = ["mikasa-robo-suite==1.0.0", "torchrl==0.14.1", "tensordict==0.14.3", "
           "ptyprocess", "decorator", "matplotlib-inline", "stack_data", "executing", "asttokens", "pure_eval",
           "importlib_resources", "pyperclip", "GitPython", "gitdb", "smmap"]
 DEBS = ["libvulkan1", "libegl1", "libglvnd0", "libopengl0", "libgl1", "libglx0", "libgles2"]
-DROP = ("mani_skill/assets/environment_maps/", "mani_skill/utils/scene_builder/replicacad/", "mani_skill/assets/maniskill2-",
-        "mani_skill/utils/scene_builder/kitchen_counter/", "mani_skill/envs/tasks/humanoid/assets/",
-        "mani_skill/assets/robots/panda/sciurus17_description/")
+DROP = ("mani_skill/assets/environment_maps/", "mani_skill/assets/maniskill2-", "mani_skill/envs/tasks/humanoid/assets/",
+        "mani_skill/utils/scene_builder/kitchen_counter/assets/", "mani_skill/assets/robots/panda/sciurus17_description/")
 # RememberColor and TakeItBack load panda_wristcam: franka_description's meshes and the D415 camera mesh
 REALSENSE = "mani_skill/assets/robots/panda/realsense2_description/"
 
@@ -45,13 +44,15 @@ def keep(name: str) -> bool:
         (False, True)
         >>> keep(REALSENSE + "meshes/d415.stl"), keep(REALSENSE + "meshes/d435.dae")
         (True, False)
+        >>> keep("mani_skill/utils/scene_builder/replicacad/scene_builder.py"), keep("mani_skill/x/sky_4k.hdr")
+        (True, False)
     """
     parts = name.split("/")
     if parts[:3] == ["mani_skill", "assets", "robots"] and len(parts) > 4 and parts[3] != "panda":
         return False  # another robot's files
     if name.startswith(REALSENSE):
         return name == REALSENSE + "meshes/d415.stl"
-    return not name.startswith(DROP)
+    return not name.startswith(DROP) and not name.endswith(".hdr")  # HDR maps: no Python code of it loads one
 
 
 def run(*cmd: str, cwd: Path | None = None) -> None:
