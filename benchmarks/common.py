@@ -80,3 +80,35 @@ def write_report(name: str, header: str, rows: Sequence[dict], columns: Sequence
     write_csv(rows if csv_rows is None else csv_rows, out / f"{name}.csv")
     (out / f"{name}.md").write_text(header + "\n\n" + format_table(rows, columns, markdown=True) + "\n")
     return out
+
+
+def grouped_bars(table: dict[str, dict[str, float]], columns: Sequence[str], path: str | Path, *, ylabel: str, title: str,
+                 marks: dict[str, float] | None = None, ylim: tuple[float, float] | None = None) -> None:
+    """A PNG of one group of bars per row of ``table`` (``{row: {column: value}}``), one bar per column;
+    ``marks``: a dotted line per row at that value (e.g. chance)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = list(table)
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows)), 3.6))
+    for i, c in enumerate(columns):
+        ax.bar(np.arange(len(rows)) + (i - (len(columns) - 1) / 2) * width, [table[r].get(c, 0.0) for r in rows], width,
+               label=c)
+    for j, r in enumerate(rows):
+        if marks and r in marks:
+            ax.hlines(marks[r], j - 0.4, j + 0.4, colors="black", linestyles="dotted", linewidth=1)
+    ax.set_xticks(np.arange(len(rows)), rows, rotation=30 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center",
+                  fontsize=8)
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=len(columns))
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -25,11 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_report  # noqa: E402
+from common import grouped_bars, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_mikasa_dataset, make_offline_replay_buffer  # noqa: E402
@@ -137,30 +136,6 @@ def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext
             "eval_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in actor.parameters())}
 
 
-def plot(table: dict[str, dict[str, float]], columns: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(table)
-    width = 0.8 / len(columns)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 * len(tasks)), 3.4))
-    for i, c in enumerate(columns):
-        ax.bar(np.arange(len(tasks)) + (i - (len(columns) - 1) / 2) * width, [table[t].get(c, 0.0) for t in tasks], width,
-               label=c)
-    for j, t in enumerate(tasks):
-        ax.hlines(table[t]["chance"], j - 0.4, j + 0.4, colors="black", linestyles="dotted", linewidth=1)
-    ax.set_xticks(np.arange(len(tasks)), tasks, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("success rate (success_once)")
-    ax.legend(fontsize=7, ncol=len(columns))
-    ax.set_title("MIKASA-Robo, behaviour cloning from pixels (dotted: one guess among the colours)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def chance(task: str) -> float:
     """Success of a policy that picks one cube uniformly (RememberColor); TakeItBack has no such guess."""
     return 1.0 / int(task.removeprefix("RememberColor")[0]) if task.startswith("RememberColor") else 0.0
@@ -226,7 +201,9 @@ def main() -> None:
     summary = [{"task": t, **table[t]} for t in table]
     cols = [("task", "task", "s")] + [(c, c, ".2f") for c in columns]
     out = write_report("mikasa_robo", header, summary, cols, args.out, csv_rows=rows)
-    plot(table, columns, out / "mikasa_robo.png")
+    grouped_bars(table, [c for c in columns if c != "chance"], out / "mikasa_robo.png", ylim=(0, 1.05),
+                 ylabel="success rate (success_once)", marks={t: table[t]["chance"] for t in table},
+                 title="MIKASA-Robo, behaviour cloning from pixels (dotted: one guess among the colours)")
     result = json.dumps({"benchmark": "mikasa_robo", "tasks": table, "rows": rows, "preset": args.preset,
                          "episodes": args.episodes, "image_size": args.image_size, "proprio": args.proprio,
                          "world_size": ctx.world_size})

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_report  # noqa: E402
+from common import grouped_bars, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_popgym_dataset  # noqa: E402
@@ -171,34 +171,14 @@ def aggregates(table: dict[str, dict[str, float]], columns: list[str]) -> list[d
             for g, tasks in groups.items() if tasks]
 
 
-def plot(table: dict[str, dict[str, float]], columns: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(table)
-    width = 0.8 / len(columns)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks)), 3.6))
-    for i, c in enumerate(columns):
-        ax.bar(np.arange(len(tasks)) + (i - (len(columns) - 1) / 2) * width, [table[t][c] for t in tasks], width, label=c)
-    ax.set_xticks(np.arange(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
-    ax.axhline(0.0, color="black", linewidth=0.5)
-    ax.set_ylabel("mean episode return")
-    ax.legend(fontsize=7, ncol=len(columns))
-    ax.set_title("POPGym, behaviour cloning from oracle episodes", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def report(table: dict[str, dict[str, float]], columns: list[str], header: str, rows: list[dict], args: Args,
            extra: dict) -> None:
     """Table with the sums, CSV / markdown / PNG / JSON under ``args.out``; the JSON is also the last line."""
     summary = [{"task": t, **table[t]} for t in table] + aggregates(table, columns)
     cols = [("task", "task", "s")] + [(c, c, "+.3f") for c in columns]
     out = write_report("popgym_suite", header, summary, cols, args.out, csv_rows=rows)
-    plot(table, columns, out / "popgym_suite.png")
+    grouped_bars(table, columns, out / "popgym_suite.png", ylabel="mean episode return",
+                 title="POPGym, behaviour cloning from oracle episodes")
     sums = {s["task"]: {c: s[c] for c in columns} for s in summary if s["task"].startswith("sum")}
     result = json.dumps({"benchmark": "popgym_suite", "tasks": table, "sums": sums, "rows": rows, **extra})
     (out / "popgym_suite.json").write_text(result + "\n")
