@@ -56,6 +56,8 @@ def test_specs_rollout_and_argument_errors():
         assert not td["next", "done"].any()
         with pytest.raises(ValueError, match=r"'action' must have shape \[4\], received \[7\]"):
             env.step(env.reset().set("action", torch.zeros(7)))
+        with pytest.raises(ValueError, match=r"'action' must be finite, received \[nan, 0.0, 0.0, 0.0\]"):
+            env.step(env.reset().set("action", torch.tensor([float("nan"), 0.0, 0.0, 0.0])))
     finally:
         env.close()
     with pytest.raises(ValueError, match="obs_mode='depth' is invalid"):

@@ -233,6 +233,8 @@ class ManiSkillEnv(EnvBase):
         if action.shape != self.action_spec.shape:
             raise ValueError(f"ManiSkillEnv: 'action' must have shape {list(self.action_spec.shape)}, received "
                              f"{list(action.shape)}.")
+        if not bool(torch.isfinite(action).all()):
+            raise ValueError(f"ManiSkillEnv: 'action' must be finite, received {action.tolist()}.")
         obs, reward, _, _, info = self.raw.step(action.detach().to("cpu", torch.float32).reshape(1, -1))
         self._steps += 1
         success = bool(info["success"].reshape(-1)[0])
