@@ -166,19 +166,12 @@ def test_benchmark_rejects_unknown_task():
 
 @needs_render
 def test_benchmark_smoke(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from test_tutorials import run_script
 
-    root = Path(__file__).resolve().parents[1]
     flags = ["--episodes", "2", "--steps", "2", "--batch", "2", "--eval-episodes", "2", "--workers", "2",
              "--image-size", str(SIZE), "--policies", "elmur", "mlp", "--out", str(tmp_path / "out"),
              "--cache", str(tmp_path / "cache"), "--no-progress"]
-    proc = subprocess.run([sys.executable, str(root / "benchmarks/mikasa_robo.py"), *flags], capture_output=True,
-                          text=True, cwd=root, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, timeout=600)[-1])
     row = result["tasks"]["RememberColor3-v0"]
     assert row["oracle"] == 1.0 and abs(row["chance"] - 1 / 3) < 1e-9 and 0.0 <= row["elmur"] <= 1.0
     assert [r["policy"] for r in result["rows"]] == ["elmur", "mlp"] and all(r["episodes"] == 2 for r in result["rows"])

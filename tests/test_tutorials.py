@@ -1,6 +1,7 @@
 """Smoke runs of the tutorials and benchmarks through a subprocess, as a user would run them."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(path: str, *flags: str, timeout: int = 300) -> list[str]:
+    """Run a script as a user would; on time-out kill its whole process group: a grandchild (torchrun's
+    ranks, collector workers) that outlives it would keep the pipes open and ``communicate`` waiting."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
-    proc = subprocess.run([sys.executable, str(ROOT / path), *flags], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()
+    proc = subprocess.Popen([sys.executable, str(ROOT / path), *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=ROOT, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"{path} ran past {timeout} s; its stderr ends with:\n{stderr[-3000:]}") from None
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout.strip().splitlines()
 
 
 def test_quickstart():

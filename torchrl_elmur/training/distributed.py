@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -150,4 +151,10 @@ def shutdown(ctx: DistributedContext) -> None:
     that one hang in ``destroy_process_group`` on this machine (gloo)."""
     if ctx.distributed and dist.is_initialized():
         dist.barrier()
+        # Let gloo's worker thread free the barrier's work first: it needs the GIL for that, and
+        # the main thread holds the GIL while ~ProcessGroupGloo joins that thread (when the last
+        # DDP reducer referencing the group is freed, just after this function). Seen on this
+        # machine as a rank that never exits (py-spy: Reducer dealloc -> ~ProcessGroupGloo ->
+        # thread::join; the worker in ~AsyncBarrierWork -> decref_pyobject -> gil_scoped_acquire).
+        time.sleep(0.2)
         dist.destroy_process_group()
