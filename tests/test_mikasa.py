@@ -148,8 +148,8 @@ def test_parallel_evaluation():
     from torchrl_elmur.training.evaluate import mikasa_success
 
     threads = torch.get_num_threads()
-    success = mikasa_success(pixel_actor("mlp"), "RememberColor3-v0", 3, image_size=SIZE, workers=2)
-    assert success.shape == (3,) and success.dtype == torch.bool
+    success = mikasa_success(pixel_actor("mlp"), "RememberColor3-v0", 2, image_size=SIZE, workers=2)
+    assert success.shape == (2,) and success.dtype == torch.bool
     assert torch.get_num_threads() == threads
 
 
@@ -168,12 +168,12 @@ def test_benchmark_rejects_unknown_task():
 def test_benchmark_smoke(tmp_path):
     from test_tutorials import run_script
 
-    flags = ["--episodes", "2", "--steps", "2", "--batch", "2", "--eval-episodes", "2", "--workers", "2",
-             "--image-size", str(SIZE), "--policies", "elmur", "mlp", "--out", str(tmp_path / "out"),
+    flags = ["--episodes", "1", "--steps", "2", "--batch", "1", "--eval-episodes", "1", "--workers", "1",
+             "--image-size", str(SIZE), "--policies", "elmur", "--out", str(tmp_path / "out"),
              "--cache", str(tmp_path / "cache"), "--no-progress"]
     result = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, timeout=600)[-1])
     row = result["tasks"]["RememberColor3-v0"]
     assert row["oracle"] == 1.0 and abs(row["chance"] - 1 / 3) < 1e-9 and 0.0 <= row["elmur"] <= 1.0
-    assert [r["policy"] for r in result["rows"]] == ["elmur", "mlp"] and all(r["episodes"] == 2 for r in result["rows"])
+    assert [r["policy"] for r in result["rows"]] == ["elmur"] and result["rows"][0]["episodes"] == 1
     for ext in ("csv", "md", "png", "json"):
         assert (tmp_path / "out" / f"mikasa_robo.{ext}").stat().st_size > 0

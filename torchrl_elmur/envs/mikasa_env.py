@@ -151,10 +151,10 @@ class ManiSkillEnv(EnvBase):
     The raw ManiSkill env is ``env.raw`` (``env.raw.unwrapped`` holds the privileged state the
     oracles read).
 
-    Examples:
-        >>> env = ManiSkillEnv("RememberColor3-v0", image_size=32, seed=0)  # doctest: +SKIP
-        >>> env.rollout(3)["pixels"].shape, env.rollout(3)["pixels"].dtype  # doctest: +SKIP
-        (torch.Size([3, 6, 32, 32]), torch.uint8)
+    Example (needs a render device; ``tests/test_mikasa.py`` runs it)::
+
+        env = ManiSkillEnv("RememberColor3-v0", image_size=64, seed=0)
+        td = env.rollout(3)  # td["pixels"]: uint8 [3, 6, 64, 64]
     """
 
     def __init__(self, task: str, *, obs_mode: str = "rgb", image_size: int = 128, control_mode: str | None = None,

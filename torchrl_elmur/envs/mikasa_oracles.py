@@ -17,7 +17,7 @@ end-effector targets, not learned agents: deterministic, a few lines per phase, 
   cameras, and hold.
 
 Examples:
-    >>> rc_action(np.zeros(3), np.array([0.02, 0.0, 0.0]), hover=0.0, gain=1.0).tolist()
+    >>> rc_action(np.zeros(3), np.array([0.02, 0.0, 0.0]), hover=0.0, gain=1.0).astype(float).round(3).tolist()
     [0.2, 0.0, 0.0, 1.0]
 """
 from __future__ import annotations
