@@ -112,3 +112,24 @@ def grouped_bars(table: dict[str, dict[str, float]], columns: Sequence[str], pat
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def suite_errors(args, *, presets, task_name: Callable[[str], str], positive: Sequence[str]) -> str | None:
+    """What the behaviour-cloning suites check alike: ``--policies`` among the memories, ``--preset``
+    among ``presets``, every ``--tasks`` entry accepted by ``task_name`` (its ValueError becomes the
+    message), and the ``positive`` count flags >= 1. None when all hold."""
+    from torchrl_elmur.training.policies import MEMORIES
+
+    bad = [p for p in args.policies if p not in MEMORIES]
+    if bad:
+        return f"--policies: unknown {bad}, expected some of {list(MEMORIES)}"
+    if args.preset not in presets:
+        return f"--preset: expected one of {list(presets)}, received {args.preset!r}"
+    try:
+        [task_name(t) for t in args.tasks]
+    except ValueError as err:
+        return f"--tasks: {err}"
+    for name in positive:
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
+    return None

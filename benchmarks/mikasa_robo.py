@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import grouped_bars, write_report  # noqa: E402
+from common import grouped_bars, suite_errors, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_mikasa_dataset, make_offline_replay_buffer  # noqa: E402
@@ -41,7 +41,7 @@ from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed,  # noqa: E402
                                                 rows_per_rank, shutdown, wrap_ddp)
 from torchrl_elmur.training.evaluate import mikasa_success  # noqa: E402
-from torchrl_elmur.training.policies import MEMORIES, make_bc_actor  # noqa: E402
+from torchrl_elmur.training.policies import make_bc_actor  # noqa: E402
 
 # ELMUR per task family: the published configuration (ELMUR.md section 5), or a CPU-sized one with
 # the published segment length, lambda and sigma (3 segments per episode) at --width
@@ -77,18 +77,10 @@ class Args:
 
 
 def check(args: Args) -> str | None:
-    bad = [p for p in args.policies if p not in MEMORIES]
-    if bad:
-        return f"--policies: unknown {bad}, expected some of {list(MEMORIES)}"
-    if args.preset not in PRESETS:
-        return f"--preset: expected one of {list(PRESETS)}, received {args.preset!r}"
-    try:
-        [mikasa_task(t) for t in args.tasks]
-    except ValueError as err:
-        return f"--tasks: {err}"
-    for name in ("episodes", "steps", "batch", "eval_episodes", "workers"):
-        if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
+    error = suite_errors(args, presets=PRESETS, task_name=mikasa_task,
+                         positive=("episodes", "steps", "batch", "eval_episodes", "workers"))
+    if error:
+        return error
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         return f"--device: expected cpu or cuda (with a GPU), received {args.device!r}"
     if args.image_size < 36:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import grouped_bars, write_report  # noqa: E402
+from common import grouped_bars, suite_errors, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_popgym_dataset  # noqa: E402
@@ -47,7 +47,7 @@ from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed,  # noqa: E402
                                                 rows_per_rank, shutdown, wrap_ddp)
 from torchrl_elmur.training.evaluate import popgym_returns  # noqa: E402
-from torchrl_elmur.training.policies import MEMORIES, make_bc_actor  # noqa: E402
+from torchrl_elmur.training.policies import make_bc_actor  # noqa: E402
 
 # Memory tasks on which a memoryless policy fails and whose oracle acts on what the agent has seen (so
 # that it can be imitated); RepeatFirstHard's episodes (831 steps) are 8x the training window. Not in
@@ -88,18 +88,9 @@ class Args:
 
 
 def check(args: Args) -> str | None:
-    bad = [p for p in args.policies if p not in MEMORIES]
-    if bad:
-        return f"--policies: unknown {bad}, expected some of {list(MEMORIES)}"
-    if args.preset not in PRESETS:
-        return f"--preset: expected one of {list(PRESETS)}, received {args.preset!r}"
-    try:
-        [task_name(t) for t in args.tasks]
-    except ValueError as err:
-        return f"--tasks: {err}"
-    for name in ("episodes", "steps", "batch", "eval_episodes"):
-        if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
+    error = suite_errors(args, presets=PRESETS, task_name=task_name, positive=("episodes", "steps", "batch", "eval_episodes"))
+    if error:
+        return error
     window, chunk = resolved_window(args)
     if window % chunk:
         return f"--chunk ({chunk}) must divide --window ({window})"
