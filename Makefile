@@ -20,20 +20,21 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) tutorials/offline_bc.py
 
-test: $(VENV)/.installed
+test: render-deps $(VENV)/.installed
 	$(PY) -m pytest -q
 
 # CPU rendering for ManiSkill (MIKASA-Robo): SAPIEN refuses Debian 12's Mesa 22 Vulkan; Mesa 25 from
-# bookworm-backports works. Needs root (apt); skipped when it is installed already. If apt fails it
-# warns and goes on: the MIKASA tests then skip and say why.
+# bookworm-backports works. `make test` runs it first. Needs root (apt); skipped when it is installed
+# already. If it cannot install (no root, no apt) it warns and goes on: the MIKASA tests then skip and
+# say why.
 render-deps:
 	@if dpkg-query -W -f='$${Version}' mesa-vulkan-drivers 2>/dev/null | grep -q '^25'; then \
 		echo "render-deps: Mesa 25 Vulkan already installed"; \
 	else \
-		printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+		{ printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
 			> /etc/apt/sources.list.d/bookworm-backports.sources && \
-		{ apt-get update -qq && \
-		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null; } || \
+		  apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null; } 2>/dev/null || \
 		echo "render-deps: WARNING: Mesa 25 Vulkan could not be installed; the MIKASA-Robo tests will skip (see their reason)"; \
 	fi
 
