@@ -14,22 +14,20 @@ size): ``workers`` processes play disjoint seed ranges.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
-import shutil
+import queue
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 from tensordict import TensorDict
-from torchrl.data import LazyMemmapStorage
 from torchrl.envs.utils import step_mdp
 from tqdm import tqdm
 
 from ..envs.mikasa_env import ManiSkillEnv, mikasa_task
+from .storage import EVAL_SEED, cached_dataset
 
-EVAL_SEED = 1_000_000
 FORMAT_VERSION = 1  # bump when the stored format or the oracles change
 STEP_KEYS = ("pixels", "proprio")
 NEXT_KEYS = ("reward", "done", "terminated", "truncated", "success", "success_once")
@@ -78,8 +76,8 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
     return torch.cat(episodes)
 
 
-def _play_shard(task: str, count: int, seed: int, image_size: int, queue) -> TensorDict:
-    return play_mikasa_episodes(task, count, seed, image_size=image_size, progress=False, report=queue.put)
+def _play_shard(task: str, count: int, seed: int, image_size: int, done_queue) -> TensorDict:
+    return play_mikasa_episodes(task, count, seed, image_size=image_size, progress=False, report=done_queue.put)
 
 
 def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, image_size: int = 64, workers: int = 1,
@@ -102,22 +100,10 @@ def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, im
                          f"there), received seed={seed}, num_episodes={num_episodes}.")
     meta = {"task": task, "num_episodes": num_episodes, "seed": seed, "image_size": image_size, "format": FORMAT_VERSION}
     folder = None if cache_dir is None else Path(cache_dir) / f"{task}_{num_episodes}_{seed}_{image_size}px"
-    if folder is not None and (folder / "meta.json").exists():
-        stored = json.loads((folder / "meta.json").read_text())
-        if {k: stored.get(k) for k in meta} == meta:
-            return TensorDict.load_memmap(folder / "storage")
     start = time.perf_counter()
-    data = _build(task, num_episodes, seed, image_size, workers, progress)
-    seconds = time.perf_counter() - start
-    if folder is None:
-        return data
-    if folder.exists():
-        shutil.rmtree(folder)  # an outdated or interrupted build
-    storage = LazyMemmapStorage(len(data), scratch_dir=folder / "storage")
-    storage.set(torch.arange(len(data)), data)
-    success = oracle_success(data)
-    (folder / "meta.json").write_text(json.dumps({**meta, "oracle_success": success, "build_seconds": seconds}))
-    return TensorDict.load_memmap(folder / "storage")
+    return cached_dataset(folder, meta, lambda: _build(task, num_episodes, seed, image_size, workers, progress),
+                          extra=lambda data: {"oracle_success": oracle_success(data),
+                                              "build_seconds": time.perf_counter() - start})
 
 
 def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: int, progress: bool) -> TensorDict:
@@ -127,8 +113,8 @@ def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: in
     bounds = [round(i * num_episodes / workers) for i in range(workers + 1)]
     context = mp.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        queue = manager.Queue()
-        futures = [pool.submit(_play_shard, task, bounds[i + 1] - bounds[i], seed + bounds[i], image_size, queue)
+        done_queue = manager.Queue()  # one item per finished episode, from every worker
+        futures = [pool.submit(_play_shard, task, bounds[i + 1] - bounds[i], seed + bounds[i], image_size, done_queue)
                    for i in range(workers)]
         with tqdm(total=num_episodes, desc=f"{task} episodes ({workers} processes)", disable=not progress,
                   dynamic_ncols=True) as bar:
@@ -137,9 +123,9 @@ def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: in
                 if any(f.done() and f.exception() is not None for f in futures):
                     break  # a worker failed: its exception is raised below
                 try:
-                    done += queue.get(timeout=1.0)
+                    done += done_queue.get(timeout=1.0)
                     bar.update(1)
-                except Exception:  # queue.Empty through the manager's proxy
+                except queue.Empty:
                     pass
         return torch.cat([f.result() for f in futures])
 

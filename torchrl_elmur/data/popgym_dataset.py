@@ -12,8 +12,6 @@ Episode ``i`` is played from ``reset(seed=seed + i)``; evaluation should use see
 """
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,12 +19,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict
-from torchrl.data import LazyMemmapStorage
 from tqdm import tqdm
 
 from ..envs.popgym_env import FlatDiscreteAction, make_popgym_gym, task_name
+from .storage import EVAL_SEED, cached_dataset
 
-EVAL_SEED = 1_000_000
+__all__ = ["EVAL_SEED", "make_popgym_dataset", "play_episodes"]
+
 FORMAT_VERSION = 1  # bump when the stored format or the oracles change
 Behaviour = Callable[[gym.Env], object]  # raw POPGym env -> action in its original action space
 
@@ -113,17 +112,6 @@ def make_popgym_dataset(task: str, num_episodes: int = 1000, seed: int = 0, cach
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 or seed + num_episodes > EVAL_SEED:
         raise ValueError(f"make_popgym_dataset: need 0 <= seed and seed + num_episodes <= {EVAL_SEED} (evaluation "
                          f"seeds start there), received seed={seed!r}, num_episodes={num_episodes}.")
-    if cache_dir is None:
-        return play_episodes(name, num_episodes, seed, progress=progress)
     meta = {"task": name, "num_episodes": num_episodes, "seed": seed, "format": FORMAT_VERSION}
-    folder = Path(cache_dir) / f"{name}_{num_episodes}_{seed}"
-    meta_file = folder / "meta.json"
-    if meta_file.exists() and json.loads(meta_file.read_text()) == meta:
-        return TensorDict.load_memmap(folder / "storage")  # the storage's files, memory-mapped
-    data = play_episodes(name, num_episodes, seed, progress=progress)
-    if folder.exists():
-        shutil.rmtree(folder)  # an outdated or interrupted build
-    storage = LazyMemmapStorage(len(data), scratch_dir=folder / "storage")
-    storage.set(torch.arange(len(data)), data)
-    meta_file.write_text(json.dumps(meta))  # last: its presence marks a complete build
-    return TensorDict.load_memmap(folder / "storage")
+    folder = None if cache_dir is None else Path(cache_dir) / f"{name}_{num_episodes}_{seed}"
+    return cached_dataset(folder, meta, lambda: play_episodes(name, num_episodes, seed, progress=progress))

@@ -117,7 +117,7 @@ def popgym_returns(policy: TensorDictModuleBase, task: str, episodes: int, *, pr
     """Greedy returns ``[episodes]`` of ``policy`` on a POPGym task, one episode per env of a batch,
     on the evaluation seeds ``EVAL_SEED + i`` (disjoint from every dataset's); bounded by the
     task's episode length."""
-    from ..data.popgym_dataset import EVAL_SEED
+    from ..data.storage import EVAL_SEED
     from ..envs.popgym_env import make_popgym_env, make_popgym_gym
 
     raw = make_popgym_gym(task).unwrapped
@@ -140,7 +140,7 @@ def mikasa_success(policy: TensorDictModuleBase, task: str, episodes: int, *, im
 
     from torchrl.envs import ParallelEnv
 
-    from ..data.mikasa_dataset import EVAL_SEED
+    from ..data.storage import EVAL_SEED
     from ..envs.mikasa_env import episode_length, make_mikasa_env
 
     workers = max(1, min(workers, episodes))
