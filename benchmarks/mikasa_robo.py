@@ -37,9 +37,8 @@ from torchrl_elmur.envs.mikasa_env import MIKASA_TASKS, episode_length, mikasa_t
 from torchrl_elmur.modules import PixelEncoder  # noqa: E402
 from torchrl_elmur.objectives import SequenceMSELoss  # noqa: E402
 from torchrl_elmur.training import train_bc  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
-from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed,  # noqa: E402
-                                                rows_per_rank, shutdown, wrap_ddp)
+from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass  # noqa: E402
+from torchrl_elmur.training.distributed import DistributedContext, main_first, shutdown, wrap_ddp  # noqa: E402
 from torchrl_elmur.training.evaluate import mikasa_success  # noqa: E402
 from torchrl_elmur.training.policies import make_bc_actor  # noqa: E402
 
@@ -108,7 +107,7 @@ def make_actor(task: str, memory: str, args: Args):
 def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext) -> dict | None:
     """Train one policy (on every torchrun rank, DDP) and evaluate it (rank 0; others return None)."""
     torch.manual_seed(args.seed)
-    device = ctx.device if ctx.distributed else torch.device(args.device)
+    device = ctx.device  # --device, or this rank's GPU under torchrun
     actor = make_actor(task, memory, args).to(device)
     loss = wrap_ddp(SequenceMSELoss(actor), ctx)
     window = episode_length(task)  # rows are whole episodes
@@ -158,19 +157,13 @@ def main() -> None:
     if args.oracle_only:
         return oracles(args)
     torch.set_num_threads(args.threads)
-    ctx = init_distributed(args.device)  # under torchrun: every rank trains (DDP), rank 0 collects, evaluates and reports
-    try:
-        rows_per_rank(args.batch, ctx)
-    except ValueError as err:
-        raise SystemExit(f"--batch: {err}") from None
+    ctx = init_distributed_cli(args.batch, args.device)  # under torchrun: every rank trains (DDP), rank 0 collects, evaluates and reports
     start = time.perf_counter()
     rows, table = [], {}
     for task in args.tasks:
-        for turn in (True, False):  # rank 0 builds (or loads) the cached dataset first, the others then load it
-            if ctx.is_main == turn:
-                data = make_mikasa_dataset(task, args.episodes, seed=args.seed, image_size=args.image_size,
-                                           workers=args.workers, cache_dir=args.cache, progress=args.progress and ctx.is_main)
-            barrier(ctx)
+        data = main_first(ctx, lambda: make_mikasa_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
+            task, args.episodes, seed=args.seed, image_size=args.image_size, workers=args.workers, cache_dir=args.cache,
+            progress=args.progress and ctx.is_main))
         if ctx.is_main:
             table[task] = {"oracle": oracle_eval_success(task, args.eval_episodes), "chance": chance(task)}
         for memory in args.policies:

@@ -43,9 +43,8 @@ from torchrl_elmur.envs.popgym_env import task_name  # noqa: E402
 from torchrl_elmur.envs.popgym_oracles import family_of  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss  # noqa: E402
 from torchrl_elmur.training import train_bc  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
-from torchrl_elmur.training.distributed import (DistributedContext, barrier, init_distributed,  # noqa: E402
-                                                rows_per_rank, shutdown, wrap_ddp)
+from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass  # noqa: E402
+from torchrl_elmur.training.distributed import DistributedContext, main_first, shutdown, wrap_ddp  # noqa: E402
 from torchrl_elmur.training.evaluate import popgym_returns  # noqa: E402
 from torchrl_elmur.training.policies import make_bc_actor  # noqa: E402
 
@@ -202,20 +201,13 @@ def main() -> None:
     if args.merge:
         return merge(args.merge, args)
     torch.set_num_threads(args.threads)
-    ctx = init_distributed()  # under torchrun: every rank trains (DDP), rank 0 evaluates and reports
-    try:
-        rows_per_rank(args.batch, ctx)
-    except ValueError as err:
-        raise SystemExit(f"--batch: {err}") from None
+    ctx = init_distributed_cli(args.batch)  # under torchrun: every rank trains (DDP), rank 0 evaluates and reports
     tasks = sorted(popgym_tasks()) if args.all else [task_name(t) for t in args.tasks]
     start = time.perf_counter()
     rows, table = [], {}
     for task in tasks:
-        for turn in (True, False):  # rank 0 builds (or loads) the cached dataset first, the others then load it
-            if ctx.is_main == turn:
-                data = make_popgym_dataset(task, args.episodes, seed=args.seed, cache_dir=args.cache,
-                                           progress=args.progress and ctx.is_main)
-            barrier(ctx)
+        data = main_first(ctx, lambda: make_popgym_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
+            task, args.episodes, seed=args.seed, cache_dir=args.cache, progress=args.progress and ctx.is_main))
         table[task] = baseline_returns(task, args.eval_episodes) if ctx.is_main else {}
         for memory in args.policies:
             row = run_policy(task, memory, data, args, ctx)

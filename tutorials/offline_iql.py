@@ -50,9 +50,8 @@ from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
 from torchrl_elmur.training import (episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate)
-from torchrl_elmur.training.cli import parse_dataclass
-from torchrl_elmur.training.distributed import (DistributedContext, init_distributed, rows_per_rank, shard_rows,
-                                                shutdown, wrap_ddp)
+from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass
+from torchrl_elmur.training.distributed import DistributedContext, rows_per_rank, shard_rows, shutdown, wrap_ddp
 
 COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
 
@@ -305,11 +304,7 @@ def main() -> None:
     args = parse_dataclass(Args, __doc__.split("\n\n")[0], check=check_args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ctx = init_distributed()  # one process, or one of torchrun's ranks (README: "Scaling out")
-    try:
-        rows_per_rank(args.batch, ctx)
-    except ValueError as err:
-        raise SystemExit(f"--batch: {err}") from None
+    ctx = init_distributed_cli(args.batch)  # one process, or one of torchrun's ranks (README: "Scaling out")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run = start_wandb(args.wandb if ctx.is_main else "disabled", project="torchrl_elmur", run_dir=out,

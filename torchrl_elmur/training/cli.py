@@ -124,3 +124,16 @@ def parse_dataclass(cls: type[T], description: str | None = None, argv: Sequence
         if message:
             parser.error(message)
     return args
+
+
+def init_distributed_cli(batch: int, device: str | None = None):
+    """:func:`~torchrl_elmur.training.distributed.init_distributed` for a script whose ``--batch`` is
+    split over torchrun's ranks: exits with a ``--batch`` message when it does not divide."""
+    from .distributed import init_distributed, rows_per_rank
+
+    ctx = init_distributed(device)
+    try:
+        rows_per_rank(batch, ctx)
+    except ValueError as err:
+        raise SystemExit(f"--batch: {err}") from None
+    return ctx

@@ -27,7 +27,9 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -35,6 +37,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 TIMEOUT_ENV = "ELMUR_DDP_TIMEOUT"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,14 @@ def shard_rows(batch: TensorDictBase, ctx: DistributedContext) -> TensorDictBase
 def barrier(ctx: DistributedContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def main_first(ctx: DistributedContext, fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 first, then, after a barrier, on the other ranks: e.g. rank 0 builds a
+    cached dataset and the others load it instead of building it at the same time."""
+    out = fn() if ctx.is_main else None
+    barrier(ctx)
+    return out if ctx.is_main else fn()
 
 
 def shutdown(ctx: DistributedContext) -> None:

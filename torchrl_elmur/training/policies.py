@@ -66,17 +66,14 @@ def make_trunk(memory: str, obs_size: int, *, width: int = 64, config: ELMURConf
     names = ("embed", "memory", None) if prefix is None else (f"{prefix}_embed", f"{prefix}_memory", f"{prefix}_rs")
     mem = make_memory(memory, width, config, in_key=names[0], out_key=names[1], state_key=names[2],
                       state_layout=state_layout)
-    layers = [nn.Linear(obs_size, width), nn.GELU()] if encoder is None else []
-    if mem is None:
-        layers += [nn.Linear(width, width), nn.GELU()]
+    extra = [nn.Linear(width, width), nn.GELU()] if mem is None else []  # the memoryless trunk's second layer
     if encoder is None:
-        encoder = Mod(nn.Sequential(*layers), list(in_keys), [names[0]])
+        modules = [Mod(nn.Sequential(nn.Linear(obs_size, width), nn.GELU(), *extra), list(in_keys), [names[0]])]
     else:
-        encoder = Seq(Mod(encoder, list(in_keys), [names[0]]), *([Mod(nn.Sequential(*layers), [names[0]], [names[0]])]
-                                                                 if layers else []))
+        modules = [Mod(encoder, list(in_keys), [names[0]])] + ([Mod(nn.Sequential(*extra), [names[0]], [names[0]])] if extra else [])
     if mem is None:
-        return [encoder], names[0], width
-    return [encoder, mem], names[1], config.d_model if memory == "elmur" else width
+        return modules, names[0], width
+    return [*modules, mem], names[1], config.d_model if memory == "elmur" else width
 
 
 def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None, action_dim: int | None = None,
