@@ -113,12 +113,45 @@ class RelativeSelfAttention(nn.Module):
         r = self.relative_keys(q.dtype, position_mask)[0]  # [H, K, d]
         # position scores by distance [B, H, n, K]; batched over heads (r is never copied per row)
         pos_scores = torch.einsum("bhnd,hkd->bhnk", qh + v_bias[None, :, None, :], r)
-        scores = (qh + u[None, :, None, :]) @ k.transpose(-1, -2)  # content scores [B, H, n, S]
-        scores = (scores + torch.gather(pos_scores, -1, index.expand(b, h, n, index.shape[-1]))) / math.sqrt(d)
-        probs = torch.softmax(scores.masked_fill(blocked, float("-inf")), -1)
+        # the position term and the causal mask enter the fused kernel as an additive mask: softmax((q + u) k / sqrt(d) + bias)
+        bias = torch.gather(pos_scores, -1, index.expand(b, h, n, index.shape[-1])).masked_fill(blocked, float("-inf"))
+        y = F.scaled_dot_product_attention(qh + u[None, :, None, :], k, v, attn_mask=(bias / math.sqrt(d)).to(k.dtype),
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.out(merge_heads(y))  # [B, H, n, d] -> [B, n, D]
+
+    def attend_one(self, q: Tensor, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, distance: Tensor,
+                   earlier: Tensor, u: Tensor, v_bias: Tensor, position_mask: Tensor | None = None) -> Tensor:
+        """:meth:`attend` for one new token per row (the streaming step): the same scores, over the
+        segment's earlier tokens (read from the cache where they are, not copied into it first)
+        and the token itself, as elementwise products instead of batched matmuls (one query per
+        row: a ``[B*H, 1, d] @ [B*H, d, K]`` bmm costs a kernel per row and head, and needs the
+        cache's strided view contiguous).
+
+        Args:
+            q, k, v: this token's query, key and value ``[B, D]``.
+            cache_k, cache_v: the segment's cached keys and values ``[B, H, K, d]`` (any strides);
+                only slots where ``earlier`` is True are read.
+            distance: int64 ``[B, K]``: ``p - j`` (clamped to ``[0, K-1]``), the distance from cache
+                slot ``j`` to this token at slot ``p``.
+            earlier: bool ``[B, 1, K]``: True for the slots before ``p`` (this segment's earlier tokens).
+            u, v_bias, position_mask: as in :meth:`attend`.
+
+        Returns:
+            ``[B, D]`` (after the output projection).
+        """
+        b, h, K = q.shape[0], self.num_heads, cache_k.shape[2]
+        qh, kh, vh = q.view(b, h, -1), k.view(b, h, -1), v.view(b, h, -1)  # [B, H, d]
+        r = self.relative_keys(q.dtype, position_mask)[0]  # [H, K, d], by distance
+        pos = torch.einsum("bhd,hkd->bhk", qh + v_bias, r)  # [B, H, K] position score by distance
+        qu = (qh + u).unsqueeze(2)  # [B, H, 1, d]
+        earlier_scores = (qu * cache_k).sum(-1) + torch.gather(pos, -1, distance.unsqueeze(1).expand(b, h, K))
+        own_score = (qu[:, :, 0] * kh).sum(-1, keepdim=True) + pos[..., :1]  # [B, H, 1]: distance 0
+        scores = torch.cat([earlier_scores.masked_fill(~earlier, float("-inf")), own_score], -1) / math.sqrt(qh.shape[-1])
+        probs = torch.softmax(scores, -1)  # [B, H, K + 1]
         if self.training:
             probs = F.dropout(probs, self.attn_dropout)
-        return self.out(merge_heads(probs @ v))  # [B, H, n, d] -> [B, n, D]
+        out = (probs[..., :K, None] * cache_v).sum(-2) + probs[..., K:] * vh  # [B, H, d]
+        return self.out(out.reshape(b, -1))
 
 
 def relative_geometry(q_pos: Tensor, k_pos: Tensor, key_valid: Tensor | None, max_distance: int) -> RelativeGeometry:

@@ -9,9 +9,12 @@ p = position in the current segment (``step % K``).
   tokens), processed one segment-chunk at a time with full causal attention, and memory is
   committed at every segment boundary a row crosses.
 - :meth:`ELMURBackbone.step` (streaming path, inference): one token per call; cost O(K + M)
-  attention per layer, independent of the episode step. The token's key and value go into the
-  next state's cache at slot p, then it attends over slots 0..p. The next state is a new one
-  (one copy of the cache per step) unless ``inplace=True``.
+  attention per layer, independent of the episode step. The token attends over the cache's
+  slots 0..p-1 and itself (:meth:`~.attention.RelativeSelfAttention.attend_one`); then its keys,
+  values and outputs of all layers go into the next state's cache at slot p, in one write. The
+  next state is a new one (one copy of the cache per step) unless ``inplace=True``. The part
+  every row does at every step (:meth:`ELMURBackbone._token_path`) has no data-dependent shape
+  or branch: :meth:`ELMURBackbone.compiled_step` compiles it.
 - :func:`torchrl_elmur.core.reference.window_recompute` is the slow reference both are tested
   against.
 """
@@ -215,42 +218,68 @@ class ELMURBackbone(nn.Module):
                                  f"received layout 'tokens' (static={static}, inplace={inplace}).")
             y, state = self.forward(x.unsqueeze(1), state)
             return y[:, 0], state
+        return self._step(x, self._step_state(x, state, static, inplace), static, inplace)
+
+    def _step_state(self, x: Tensor, state: ELMURState | None, static: bool, inplace: bool) -> ELMURState:
+        """The checked state of a step in the ``"cache"`` layout (a fresh one for ``None``)."""
         if inplace and (static or torch.is_grad_enabled() or state is None):
             raise ValueError(
                 "ELMURBackbone.step: inplace=True needs a given state, autograd off (torch.no_grad()) and "
                 f"static=False; received state={'None' if state is None else 'given'}, "
                 f"grad enabled={torch.is_grad_enabled()}, static={static}."
             )
-        state = self._prepare(x, state, "step")
-        self._start_call(1)
-        B, K, H = x.shape[0], self.config.segment_len, self.config.num_heads
-        h = self._input_tokens(x).unsqueeze(1)  # [B, 1, D]
+        return self._prepare(x, state, "step")
+
+    def _token_path(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor,
+                    step: Tensor) -> tuple[Tensor, Tensor]:
+        """The part of a step that every row does at every step, with no data-dependent shape or
+        branch (what :meth:`compiled_step` compiles): all layers' token outputs for ``x [B, F]``.
+
+        Returns:
+            ``(y [B, D], entry [B, H, L, 3, d])``: the output (after the final norm) and this
+            token's keys, values and layer outputs, the cache entry of its slot ``p = step % K``.
+        """
+        c = self.config
+        B, K, H, L = x.shape[0], c.segment_len, c.num_heads, c.num_layers
+        h = self._input_tokens(x)  # [B, D]
         position_mask = self._position_mask(h.dtype, h.device)
-        p = state.step % K  # [B]
-        pos = torch.arange(K, device=x.device)
-        rows = torch.arange(B, device=x.device)
-        # the query sees this segment's tokens so far, itself included (slot p); same for all layers
-        visible = relative_geometry(p[:, None], pos, pos <= p[:, None], K)
-        tok_stamp = (state.step + 1)[:, None]  # [B, 1]
-        memory, memory_time = state.memory, state.memory_time
+        p = step % K  # [B]
+        slots = torch.arange(K, device=x.device)
+        distance = (p[:, None] - slots).clamp_(min=0)  # [B, K]: from each cache slot to this token (slots >= p unused)
+        earlier = (slots < p[:, None]).unsqueeze(1)  # [B, 1, K]: the slots holding this segment's earlier tokens
         seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
-        cache = state.cache if inplace else state.cache.clone()  # the next cache: the input's plus this token at slot p
-        outputs = []  # per layer: this token's output, heads split [B, H, d]
+        gap = (step + 1)[:, None, None] - memory_time  # [B, L, M]: this token's stamp - each slot's, for the reads
+        entries = []  # per layer: this token's key, value, output [B, D]
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.project(h)  # [B, 1, D] each
-            cache = self._write_token(cache, rows, p, i, slice(CACHE_KEY, CACHE_VALUE + 1),
-                                      torch.stack([k.view(B, H, -1), v.view(B, H, -1)], -2))  # [B, H, 2, d]
-            segment = (layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE), visible)
-            h = layer.token_output(h, q, segment, self.u, self.v, seen[:, i], tok_stamp, memory_time[:, i], position_mask)
-            outputs.append(h.view(B, H, -1))
-        cache = self._write_token(cache, rows, p, slice(None), CACHE_OUTPUT, torch.stack(outputs, -2))  # [B, H, L, d]
+            qkv = layer.project(h)  # ([B, D],) * 3
+            h = layer.token_step(h, qkv, layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE),
+                                 distance, earlier, self.u, self.v, seen[:, i], gap[:, i], position_mask)
+            entries += [qkv[1], qkv[2], h]
+        entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
+        return self.final_norm(h), entry
+
+    def _step(self, x: Tensor, state: ELMURState, static: bool = False, inplace: bool = False,
+              token_path=None) -> tuple[Tensor, ELMURState]:
+        """:meth:`step` without its input checks: ``x [B, token_size]`` and a validated state of
+        layout ``"cache"`` (for callers that checked both, e.g. :class:`~torchrl_elmur.ELMURModule`).
+        ``token_path``: a compiled :meth:`_token_path` (see :meth:`compiled_step`), else the eager one."""
+        self._start_call(1)
+        K, L = self.config.segment_len, self.config.num_layers
+        B = x.shape[0]
+        memory, memory_time, cache, step = state.memory, state.memory_time, state.cache, state.step
+        y, entry = (token_path or self._token_path)(x, memory, memory_time, cache, step)
+        p = step % K  # [B]: this token's slot in the segment
+        slots = torch.arange(K, device=x.device)
+        if not inplace:  # the next cache: the input's plus this token at slot p
+            cache = cache.clone()
+        cache[torch.arange(B, device=x.device), :, p] = entry
 
         done = p == K - 1  # rows whose segment is now complete
         if static or bool(done.any()):
             # static: write every row, keep it where done; else write the done rows only
             done_rows = slice(None) if static else done.nonzero().squeeze(-1)
-            seg_stamp = (state.step - p + 1)[done_rows, None] + pos  # [b, K]
-            outs = [merge_heads(layer_cache(cache, i, CACHE_OUTPUT)[done_rows]) for i in range(len(self.layers))]  # [b, K, D]
+            seg_stamp = (step - p + 1)[done_rows, None] + slots  # [b, K]
+            outs = [merge_heads(layer_cache(cache, i, CACHE_OUTPUT)[done_rows]) for i in range(L)]  # [b, K, D]
             mem, time = self.commit_segment(memory[done_rows], memory_time[done_rows], outs, seg_stamp)
             if static:
                 memory = torch.where(done[:, None, None, None], mem, memory)
@@ -261,22 +290,32 @@ class ELMURBackbone(nn.Module):
                 memory = index_copy(memory, 0, done_rows, mem)
                 memory_time = index_copy(memory_time, 0, done_rows, time)
                 cache[done_rows] = 0.0  # the next segment starts with an empty cache
-        y = self.final_norm(h[:, 0])
-        return y, ELMURState(memory, memory_time, cache, state.step.add_(1) if inplace else state.step + 1)
-
-    @staticmethod
-    def _write_token(cache: Tensor, rows: Tensor, p: Tensor, layer, kind, value: Tensor) -> Tensor:
-        """``cache[rows, :, p, layer, kind] = value``: each row's token at its slot ``p``. In place,
-        except when autograd records (attention saved views of the cache for its backward)."""
-        if torch.is_grad_enabled():
-            cache = cache.clone()
-        cache[rows, :, p, layer, kind] = value
-        return cache
+        return y, ELMURState(memory, memory_time, cache, step.add_(1) if inplace else step + 1)
 
     def compiled_step(self, mode: str = "reduce-overhead"):
-        """``torch.compile`` of the static step path (one graph per step; CUDA graphs with the
-        default mode). Call it like :meth:`step`. Compilation happens on the first calls."""
-        return torch.compile(functools.partial(self.step, static=True), mode=mode)
+        """A ``torch.compile``-d :meth:`step`: call it like :meth:`step` (state layout ``"cache"``).
+        Compilation happens on the first calls, once per batch size (tens of seconds on a CPU).
+
+        - ``mode="reduce-overhead"`` (GPUs: CUDA graphs): the whole static step (``static=True``)
+          as one graph, with no host sync.
+        - any other mode (``"default"``: CPUs): the token path (:meth:`_token_path`, every row's
+          work at every step) compiled; the cache write and the segment commit of the rows that
+          complete a segment stay eager. ``inplace=True`` is accepted.
+
+        Parameters are inputs of the compiled graphs, not constants: weight updates are seen.
+        """
+        if mode == "reduce-overhead":
+            return torch.compile(functools.partial(self.step, static=True), mode=mode)
+        token_path = torch.compile(self._token_path, mode=mode, dynamic=False)
+
+        def step(x: Tensor, state: ELMURState | None = None, *, inplace: bool = False) -> tuple[Tensor, ELMURState]:
+            self._check_tokens(x, 2, "step")
+            if isinstance(state, ELMURState) and state.layout != "cache":
+                raise ValueError(f"ELMURBackbone.compiled_step: the compiled step needs a state of layout 'cache', "
+                                 f"received layout {state.layout!r}.")
+            return self._step(x, self._step_state(x, state, False, inplace), inplace=inplace, token_path=token_path)
+
+        return step
 
     # ------------------------------------------------------------------ sequence path
     def forward(

@@ -139,6 +139,30 @@ class ELMURLayer(nn.Module):
         """
         h1 = self.res_self.out(h, self.self_attn.attend(q, *segment, u, v_bias, position_mask))
         gap = tok_stamp.unsqueeze(-1) - slot_stamp.unsqueeze(-2)  # [B, n, M]
+        return self.read_and_feed_forward(h1, memory, gap)
+
+    def token_step(
+        self, h: Tensor, qkv: tuple[Tensor, Tensor, Tensor], cache_k: Tensor, cache_v: Tensor, distance: Tensor,
+        earlier: Tensor, u: Tensor, v_bias: Tensor, memory: Tensor, gap: Tensor, position_mask: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`token_output` of one token per row (the streaming step), attending over the
+        cached earlier tokens of its segment (:meth:`RelativeSelfAttention.attend_one`).
+
+        Args:
+            h: layer input ``[B, D]``; qkv: its :meth:`project` ``([B, D],) * 3``.
+            cache_k, cache_v: the segment's cached keys and values ``[B, H, K, d]``.
+            distance, earlier: see :meth:`RelativeSelfAttention.attend_one`.
+            memory: ``[B, M, D]``; gap: int64 ``[B, M]`` = token stamp - slot stamp.
+
+        Returns:
+            ``[B, D]``.
+        """
+        attended = self.self_attn.attend_one(*qkv, cache_k, cache_v, distance, earlier, u, v_bias, position_mask)
+        h1 = self.res_self.out(h, attended)
+        return self.read_and_feed_forward(h1.unsqueeze(1), memory, gap.unsqueeze(1)).squeeze(1)
+
+    def read_and_feed_forward(self, h1: Tensor, memory: Tensor, gap: Tensor) -> Tensor:
+        """The token path after self-attention: memory read (``gap`` int64 ``[B, n, M]``) and FFN, ``[B, n, D]``."""
         h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias))
         return self.res_ff.out(h2, self.ffn(self.res_ff.inp(h2)))
 
