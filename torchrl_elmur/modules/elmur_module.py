@@ -208,6 +208,7 @@ class ELMURModule(TensorDictModuleBase):
             self.backbone.to(device)
         self._recurrent_mode = default_recurrent_mode
         self._compiled_step = None
+        self._inplace_steps = False  # set by inplace_steps()
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -327,15 +328,17 @@ class ELMURModule(TensorDictModuleBase):
         self._state_layout = layout
 
     # ------------------------------------------------------------------ compiled step mode
-    def compile_step(self, mode: str | None = "reduce-overhead") -> "ELMURModule":
-        """Run step mode through ``torch.compile`` of the backbone's sync-free step
-        (:meth:`ELMURBackbone.compiled_step`; with the default mode, CUDA graphs on a GPU).
+    def compile_step(self, mode: str | None = "auto") -> "ELMURModule":
+        """Run step mode through a ``torch.compile``-d backbone step (:meth:`ELMURBackbone.compiled_step`).
 
-        Used only without autograd (inference, collection); with autograd on, and in recurrent
-        mode, the eager paths run. The compiled step computes the segment write for every row at
-        every step (the price of having no data-dependent branch): worth it on a GPU, where a
-        step is bound by kernel launches; on a CPU it is slower. ``mode=None`` switches back to
-        eager. Compilation happens on the first calls; each batch size compiles once.
+        ``mode``: ``"auto"`` (the default) is ``"reduce-overhead"`` when the weights are on a GPU
+        (the whole sync-free step as one CUDA graph; it computes the segment write for every row
+        at every step, the price of having no data-dependent branch) and ``"default"`` otherwise
+        (the token path compiled, the segment writes eager: on a CPU it cuts the per-step op
+        overhead, ``benchmarks/step_cost.py``); any ``torch.compile`` mode; ``None`` switches back
+        to eager. Used only without autograd (inference, collection); with autograd on, and in
+        recurrent mode, the eager paths run. Compilation happens on the first calls, once per
+        batch size (tens of seconds on a CPU).
 
         Returns:
             ``self``.
@@ -343,6 +346,8 @@ class ELMURModule(TensorDictModuleBase):
         if mode is not None and self.state_layout != "cache":
             raise ValueError("ELMURModule.compile_step: the compiled step needs state_layout='cache', received "
                              f"{self.state_layout!r}: build the module with state_layout='cache' (or set it first).")
+        if mode == "auto":
+            mode = "reduce-overhead" if self.backbone.memory_init.is_cuda else "default"
         self._compile_mode = mode
         self._compiled_step = None if mode is None else self.backbone.compiled_step(mode)
         return self
@@ -460,13 +465,23 @@ class ELMURModule(TensorDictModuleBase):
 
     def _forward_step(self, td: TensorDictBase) -> TensorDictBase:
         shape = td.batch_size
-        flat = td.reshape(-1)  # [N]
+        flat = td if td.ndim == 1 else td.reshape(-1)  # [N]
         value, is_init = self._value(flat), self._is_init(flat)
-        state = self._to_state(self._state_tensors(flat), flat.shape[0], value.device)
+        state = self._to_state(self._state_tensors(flat), flat.shape[0], value.device)  # fields checked there
         if bool(is_init.any()):  # reset those rows to the fresh (all zeros) state
             state = state.map(lambda t: torch.where(is_init.view(-1, *([1] * (t.ndim - 1))), torch.zeros_like(t), t))
-        compiled = self._compiled_step is not None and not torch.is_grad_enabled()
-        y, new = (self._compiled_step if compiled else self.backbone.step)(value, state)
+        if self.state_layout == "tokens":  # the segment so far is recomputed from its tokens
+            y, new = self.backbone(value.unsqueeze(1), state)
+            y = y[:, 0]
+        else:  # value and state fields were checked above: the backbone's unchecked step
+            no_grad = not torch.is_grad_enabled()
+            inplace = self._inplace_steps and no_grad
+            if self._compiled_step is None or not no_grad:
+                y, new = self.backbone._step(value, state, inplace=inplace)
+            elif self._compile_mode == "reduce-overhead":  # the whole static step as one graph (no in-place)
+                y, new = self._compiled_step(value, state)
+            else:
+                y, new = self._compiled_step(value, state, inplace=inplace)
         feats, _ = self._spec()
         return self._write(td, y.reshape(*shape, -1),
                            {name: t.reshape(*shape, *feats[name][0]) for name, t in new.fields().items()})
@@ -491,6 +506,39 @@ class ELMURModule(TensorDictModuleBase):
             at_ends = final_value.new_zeros(n * t, *feats[name][0]).index_copy(0, layout.ends, final_value)
             next_fields[name] = at_ends.reshape(*td.batch_size, *feats[name][0])
         return self._write(td, y.reshape(*td.batch_size, -1), next_fields)
+
+
+@contextmanager
+def inplace_steps(module: torch.nn.Module):
+    """Within the block, every :class:`ELMURModule` inside ``module`` that steps with
+    ``state_layout="cache"`` and autograd off updates the incoming state's tensors in place and
+    writes those same tensors as the next state (:meth:`ELMURBackbone.step` with ``inplace=True``),
+    instead of writing a new state every step: it saves a copy of the segment cache
+    (``[*B, H, K, L, 3, D/H]``, 3 MB at T-Maze size and batch 100) per step, and the allocation
+    that comes with it.
+
+    Only for loops that never read a state again after the step that consumed it (evaluation
+    loops that store nothing, as :func:`~torchrl_elmur.training.evaluate.first_episode_returns`):
+    a rollout, a collector or a replay buffer keeps every step's state, and those would all be
+    the same tensors. Outputs are the same as without it, to the bit.
+
+    Examples:
+        >>> m = ELMURModule(3, 8, num_heads=2, in_key="x", out_key="y", state_layout="cache")
+        >>> with inplace_steps(m):
+        ...     m._inplace_steps
+        True
+        >>> m._inplace_steps
+        False
+    """
+    modules = [m for m in module.modules() if isinstance(m, ELMURModule)]
+    previous = [m._inplace_steps for m in modules]
+    try:
+        for m in modules:
+            m._inplace_steps = True
+        yield module
+    finally:
+        for m, old in zip(modules, previous):
+            m._inplace_steps = old
 
 
 @contextmanager

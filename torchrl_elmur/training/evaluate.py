@@ -13,7 +13,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules.utils import get_primers_from_module
 from tqdm import trange
 
-from ..modules import set_state_layout
+from ..modules import inplace_steps, set_state_layout
 
 
 def first_episode_returns(policy: TensorDictModuleBase, env: EnvBase, max_steps: int, *, greedy: bool = True,
@@ -32,7 +32,7 @@ def first_episode_returns(policy: TensorDictModuleBase, env: EnvBase, max_steps:
         max_steps: bound on the episode length (an error names the envs still running after it).
         greedy: eval mode and deterministic actions (training mode restored afterwards; see :func:`streaming`).
         on_step: called with each step's tensordict (after the step, before the reset), e.g. to
-            record the policy's memory.
+            record the policy's memory (clone what you keep: ELMUR's state is updated in place).
 
     Returns:
         float ``[N]``: each env's first-episode return.
@@ -62,14 +62,16 @@ def first_episode_returns(policy: TensorDictModuleBase, env: EnvBase, max_steps:
 @contextlib.contextmanager
 def streaming(policy: TensorDictModuleBase, env: EnvBase, greedy: bool = True):
     """Run ``policy`` step by step in ``env``: yields ``env`` with the policy's primers added
-    (``get_primers_from_module``), under no-grad, ELMUR's ``"cache"`` state layout and, with
-    ``greedy``, eval mode and deterministic actions (training mode restored afterwards)."""
+    (``get_primers_from_module``), under no-grad, ELMUR's ``"cache"`` state layout stepped in
+    place (:func:`~torchrl_elmur.modules.inplace_steps`: nothing here keeps a state, so a step
+    updates its state instead of copying it; a callback that keeps a state must clone it) and,
+    with ``greedy``, eval mode and deterministic actions (training mode restored afterwards)."""
     was_training = policy.training
     if greedy:
         policy.eval()
     exploration = set_exploration_type(ExplorationType.DETERMINISTIC) if greedy else contextlib.nullcontext()
     try:
-        with exploration, set_state_layout(policy, "cache"), torch.no_grad():
+        with exploration, set_state_layout(policy, "cache"), inplace_steps(policy), torch.no_grad():
             with warnings.catch_warnings():  # a memoryless policy has none: nothing to warn about
                 warnings.simplefilter("ignore")
                 primers = get_primers_from_module(policy)

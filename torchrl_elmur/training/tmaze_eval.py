@@ -48,7 +48,7 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
         progress: show a tqdm bar (default: for corridors of 1000 steps or more).
         greedy: run the policy in eval mode with deterministic actions (its training mode is
             restored afterwards); ``False`` uses the mode and exploration type in force.
-        on_step: called with each step's tensordict (after the step, before the next), e.g.
+        on_step: called with each step's tensordict (after the step, before the next; clone what you keep), e.g.
             to record the policy's memory; row ``i`` has goal +1 (up) for even ``i``, -1 for odd.
     """
     error = episodes_error({"episodes": episodes})
