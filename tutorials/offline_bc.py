@@ -76,6 +76,7 @@ class Args:
     lr: float = 1e-3  # one rate for all three; at 3e-4, GRU and LSTM do not learn the cue in 300 steps
     label_smoothing: float = 0.16
     grad_clip: float = 5.0
+    bf16: bool = False  # forward passes under bfloat16 autocast (weights, optimizer and state stay float32); for GPUs
     select_corridor: int = 1000  # keep the weights with the best greedy success at this corridor (validation episodes; 0: the last)
     select_every: int = 50  # probe for select_corridor every this many steps
     select_episodes: int = 20  # validation episodes per probe (even; other seeds than the evaluation's)
@@ -157,7 +158,8 @@ def train(actor: ProbabilisticActor, args: Args, run, kind: str, ctx: Distribute
     select = args.select_corridor > 0
     return train_bc(actor, loss_module, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=args.seq_len,
                     grad_clip=args.grad_clip, name=kind, run=run, probe=validate if select else None,
-                    probe_every=args.select_every, select="success" if select else None, ctx=ctx)
+                    probe_every=args.select_every, select="success" if select else None, ctx=ctx,
+                    autocast_dtype=torch.bfloat16 if args.bf16 else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Shared by the BC tutorial and the benchmarks that train by its recipe. Two updat
 """
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +78,7 @@ def train_bc(
     select: str | None = None,
     progress: bool = True,
     ctx: DistributedContext | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> BCHistory:
     """Behaviour cloning: ``steps`` samples of ``[batch, seq_len]`` from ``buffer``, each trained on.
 
@@ -99,6 +102,9 @@ def train_bc(
             ``loss_module`` wrapped by ``wrap_ddp``: every rank samples the same global batch of
             ``batch`` rows and trains on its shard (``batch`` must divide by the world size); only
             rank 0 shows progress and probes (and keeps the selected weights).
+        autocast_dtype: e.g. ``torch.bfloat16``: the loss's forward runs under ``torch.autocast``
+            of that dtype on the parameters' device (weights, optimizer and recurrent state stay
+            float32; the backward runs outside it, as PyTorch recommends). ``None``: full precision.
 
     Returns:
         a :class:`BCHistory`.
@@ -118,6 +124,8 @@ def train_bc(
     history = BCHistory()
     best_score, best_weights = float("-inf"), None
     params = [p for p in actor.parameters() if p.requires_grad]
+    amp = (contextlib.nullcontext() if autocast_dtype is None
+           else torch.autocast(params[0].device.type, dtype=autocast_dtype))
     actor.train()
     bar = trange(steps, desc=f"train {name}", dynamic_ncols=True, disable=not progress)
     for step in bar:
@@ -132,7 +140,8 @@ def train_bc(
             if c < seq_len // chunk_len - 1:  # the state this chunk ends in, for the next one
                 with torch.no_grad(), set_recurrent_mode(True):
                     previous = actor(chunk.copy())
-            losses = loss_module(chunk)  # runs the actor in recurrent mode
+            with amp:
+                losses = loss_module(chunk)  # runs the actor in recurrent mode
             loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
             optimizer.zero_grad()
             loss.backward()
