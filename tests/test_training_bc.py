@@ -93,3 +93,23 @@ def test_select_keeps_the_best_probed_weights(data):
     with pytest.raises(ValueError, match="select='success' needs a probe"):
         train_bc(actor, SequenceCrossEntropyLoss(actor), buffer, torch.optim.AdamW(actor.parameters()), steps=1,
                  batch=2, seq_len=12, grad_clip=1.0, select="success")
+
+
+def test_bf16_autocast_trains_in_float32_weights(data):
+    """autocast_dtype=bfloat16: the forward runs in bf16 (the loss differs from float32's, within
+    bf16 rounding), the weights and their gradients stay float32 and the weights move."""
+    buffer = make_offline_replay_buffer(data, 4, 12, seed=0)
+    losses = {}
+    for dtype in (None, torch.bfloat16):
+        actor = make_actor("elmur")
+        before = [p.detach().clone() for p in actor.parameters()]
+        seen = []
+        loss = SequenceCrossEntropyLoss(actor)
+        loss.register_forward_hook(lambda mod, inp, out: seen.append(out["loss_bc"].detach()))
+        train_bc(actor, loss, buffer, torch.optim.SGD(actor.parameters(), lr=0.1), steps=1, batch=4, seq_len=12,
+                 grad_clip=1.0, progress=False, autocast_dtype=dtype)
+        losses[dtype] = seen[0]
+        assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in actor.parameters())
+        assert any(not torch.equal(a, p) for a, p in zip(before, actor.parameters()))
+    assert losses[torch.bfloat16] != losses[None]  # bf16 really ran
+    assert abs(losses[torch.bfloat16] - losses[None]) < 0.05 * losses[None]
