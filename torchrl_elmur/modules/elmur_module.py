@@ -21,6 +21,12 @@ from .trajectories import trajectory_layout
 DEFAULT_STATE_KEY = "recurrent_state"  # as GRUModule's
 
 
+def _autocast_dtype(value: Tensor) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` computes in on ``value``'s device, or None outside autocast."""
+    device = value.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
 def state_groups(layout: str, n_keys: int) -> list[tuple[str, ...]]:
     """Which state fields each of ``n_keys`` state keys holds: one key holds them all (GRUModule's
     layout); two keys (LSTMModule's ``h, c`` layout) hold the long-term memory and the current segment.
@@ -386,6 +392,8 @@ class ELMURModule(TensorDictModuleBase):
         if value is None:
             raise KeyError(f"ELMURModule: input key {key!r} not found in the tensordict (keys: {list(td.keys(True, True))}).")
         expected = (*td.batch_size, self.config.token_size)
+        if value.is_floating_point() and value.dtype != self.dtype and _autocast_dtype(value) == value.dtype:
+            value = value.to(self.dtype)  # an encoder's output under torch.autocast: the state keeps the model's dtype
         if not value.is_floating_point() or value.dtype != self.dtype:
             raise ValueError(f"ELMURModule: {key!r} must have dtype {self.dtype}, received {value.dtype}.")
         if tuple(value.shape) != expected:
