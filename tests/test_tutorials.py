@@ -70,7 +70,7 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
                                       "--train-len", "4"], "throughput"),
         ("benchmarks/collector_throughput.py", ["--frames-per-batch", "8", "--batches", "1"], "collector_throughput"),
         ("benchmarks/tmaze_horizon.py", ["--lengths", "3", "5", "--eval-episodes", "2", "--train-steps", "1",
-                                         "--checkpoints", "no-such-folder"], "tmaze_horizon"),
+                                         "--checkpoints", "no-such-folder", "--no-compile"], "tmaze_horizon"),
         ("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity"),
         ("benchmarks/replay_bytes.py", ["--frames", "60", "--slice-len", "5"], "replay_bytes"),
         ("benchmarks/scaling.py", ["--procs", "2", "--memories", "gru", "--steps", "1", "--batches", "1", "--batch", "4",
