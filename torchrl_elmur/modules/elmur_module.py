@@ -538,15 +538,8 @@ def inplace_steps(module: torch.nn.Module):
         >>> m._inplace_steps
         False
     """
-    modules = [m for m in module.modules() if isinstance(m, ELMURModule)]
-    previous = [m._inplace_steps for m in modules]
-    try:
-        for m in modules:
-            m._inplace_steps = True
+    with _set_within(module, "_inplace_steps", True):
         yield module
-    finally:
-        for m, old in zip(modules, previous):
-            m._inplace_steps = old
 
 
 @contextmanager
@@ -567,12 +560,20 @@ def set_state_layout(module: torch.nn.Module, layout: str):
         >>> m.state_layout
         'tokens'
     """
+    with _set_within(module, "state_layout", layout):
+        yield module
+
+
+@contextmanager
+def _set_within(module: torch.nn.Module, name: str, value):
+    """Set attribute ``name`` of every :class:`ELMURModule` inside ``module`` to ``value`` for the
+    block; the previous values come back after it (also when setting one of them raises)."""
     modules = [m for m in module.modules() if isinstance(m, ELMURModule)]
-    previous = [m.state_layout for m in modules]
+    previous = [getattr(m, name) for m in modules]
     try:
         for m in modules:
-            m.state_layout = layout
-        yield module
+            setattr(m, name, value)
+        yield
     finally:
         for m, old in zip(modules, previous):
-            m.state_layout = old
+            setattr(m, name, old)
