@@ -225,6 +225,11 @@ def loop_table(args: Args) -> list[dict]:
     return rows
 
 
+def plot_bars(bars: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    top = max(v for row in bars.values() for v in row.values())
+    grouped_bars(bars, list(next(iter(bars.values()))), path, ylabel="ms per step", title=title, ylim=(0, 1.3 * top))
+
+
 def main() -> None:
     args = parse_dataclass(Args, __doc__, check=check_args)
     if args.threads:
@@ -281,8 +286,7 @@ def main() -> None:
     bars = {f"batch {r['batch']}": {"backbone.step": r["backbone_ms"], "ELMUR actor": r["elmur_actor_ms"],
                                    **({"ELMUR actor, compiled": r["compiled_actor_ms"]} if "compiled_actor_ms" in r else {}),
                                    "GRU actor": r["gru_actor_ms"]} for r in rows}
-    grouped_bars(bars, list(next(iter(bars.values()))), out / "step_cost.png", ylabel="ms per step",
-                 title=f"ELMUR vs GRU per environment step ({args.preset}, {where})")
+    plot_bars(bars, out / "step_cost.png", f"ELMUR vs GRU per environment step ({args.preset})\n{where}")
     print(f"wrote {out}/step_cost.csv, step_cost_loop.csv, step_cost.md, step_cost.png "
           f"({time.perf_counter() - t_start:.0f} s in all)")
     print(json.dumps({"benchmark": "step_cost", "device": args.device, "preset": args.preset, "machine": where,
