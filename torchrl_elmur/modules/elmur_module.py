@@ -113,7 +113,8 @@ class ELMURModule(TensorDictModuleBase):
     at T-Maze size a Collector runs at 0.89-1.06x the cache layout's frames/s with ``"tokens"``;
     with MIKASA's 256-slot memory, which dominates both layouts, at 0.68-0.78x; a backbone step at
     batch 100 costs 5x. Evaluation loops that store nothing can switch to ``"cache"``
-    (:func:`set_state_layout`).
+    (:func:`set_state_layout`) and step the state in place (:func:`inplace_steps`: no copy of
+    the cache per step); :meth:`compile_step` compiles the cache-layout step.
 
     Args:
         input_size: width F of the value (projected to ``hidden_size`` if it differs).
