@@ -202,7 +202,8 @@ class ELMURBackbone(nn.Module):
                 loops that never read a state again once it has been stepped (``state =
                 step(x, state)[1]``). Needs autograd off; not with ``static``. Saves one copy of
                 the whole cache per step (memory traffic O(K) per row). :class:`~torchrl_elmur.ELMURModule`
-                never uses it: TorchRL rollouts and collectors keep every step's state.
+                uses it only inside :func:`~torchrl_elmur.inplace_steps` (evaluation loops): TorchRL
+                rollouts and collectors keep every step's state.
 
         A state of layout ``"tokens"`` (:class:`ELMURState`) is stepped by the sequence path
         (``forward(x[:, None], state)``): the segment so far is recomputed from its tokens, and
