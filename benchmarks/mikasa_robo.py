@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torchrl.modules import set_recurrent_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import grouped_bars, suite_errors, write_report  # noqa: E402
@@ -124,7 +125,38 @@ def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext
                              progress=args.progress, desc=f"eval {memory}")
     return {"task": task, "policy": memory, "success": success.float().mean().item(),
             "successes": int(success.sum()), "episodes": len(success), "train_seconds": history.train_seconds,
-            "eval_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in actor.parameters())}
+            "eval_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in actor.parameters()),
+            **cue_effect(actor, data, task)}
+
+
+CUE_STEPS = 10  # RememberColor: the cue is shown, then hidden, during the first 10 steps (the oracle holds still)
+
+
+@torch.no_grad()
+def cue_effect(actor, data, task: str, pairs: int = 50) -> dict:
+    """Whether a policy reads its memory: on ``pairs`` pairs of training episodes, the cue frames
+    (the first :data:`CUE_STEPS`) of episode ``b`` replaced by those of episode ``a``, the mean
+    absolute change of ``b``'s actions over the 10 steps after the cue (the reach, where the action
+    carries the choice of cube), beside the oracle's mean absolute action there for scale (all
+    action dims). A policy that acts on the cue changes its reach in the swaps whose colours differ
+    (2 of 3 in RememberColor3); a memoryless one cannot change at all. Empty for TakeItBack (no
+    separable cue) or fewer than 2 episodes."""
+    T = episode_length(task)
+    n = data.shape[0] // T
+    k = min(pairs, n // 2)
+    if not task.startswith("RememberColor") or k < 1:
+        return {}
+    episodes = data.reshape(n, T)
+    own, other = episodes[:k].clone(), episodes[k:2 * k].clone()
+    swapped = own.clone()
+    swapped["pixels"][:, :CUE_STEPS] = other["pixels"][:, :CUE_STEPS]
+    was_training = actor.training
+    actor.eval()
+    with set_recurrent_mode(True):
+        change = actor(swapped)["action"] - actor(own.clone())["action"]
+    actor.train(was_training)
+    reach = slice(CUE_STEPS, CUE_STEPS + 10)
+    return {"cue_effect": change[:, reach].abs().mean().item(), "reach_action": own["action"][:, reach].abs().mean().item()}
 
 
 def chance(task: str) -> float:
@@ -172,8 +204,10 @@ def main() -> None:
                 continue
             rows.append(row)
             table[task][memory] = row["success"]
+            cue = (f"; cue effect {row['cue_effect']:.3f} on a reach of {row['reach_action']:.3f}"
+                   if "cue_effect" in row else "")
             print(f"  {task:20s} {memory:6s} success {row['success']:.2f} ({row['successes']}/{row['episodes']}; oracle "
-                  f"{table[task]['oracle']:.2f}; train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s)",
+                  f"{table[task]['oracle']:.2f}; train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s{cue})",
                   flush=True)
     if not ctx.is_main:
         return shutdown(ctx)

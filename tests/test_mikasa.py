@@ -168,12 +168,37 @@ def test_benchmark_rejects_unknown_task():
 def test_benchmark_smoke(tmp_path):
     from test_tutorials import run_script
 
-    flags = ["--episodes", "1", "--steps", "2", "--batch", "1", "--eval-episodes", "1", "--workers", "1",
+    flags = ["--episodes", "2", "--steps", "2", "--batch", "1", "--eval-episodes", "1", "--workers", "1",
              "--image-size", str(SIZE), "--policies", "elmur", "--out", str(tmp_path / "out"),
              "--cache", str(tmp_path / "cache"), "--no-progress"]
     result = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, timeout=600)[-1])
     row = result["tasks"]["RememberColor3-v0"]
     assert row["oracle"] == 1.0 and abs(row["chance"] - 1 / 3) < 1e-9 and 0.0 <= row["elmur"] <= 1.0
     assert [r["policy"] for r in result["rows"]] == ["elmur"] and result["rows"][0]["episodes"] == 1
+    assert result["rows"][0]["cue_effect"] > 0 and result["rows"][0]["reach_action"] > 0  # one swapped pair of episodes
     for ext in ("csv", "md", "png", "json"):
         assert (tmp_path / "out" / f"mikasa_robo.{ext}").stat().st_size > 0
+
+
+def test_cue_effect_is_zero_without_memory():
+    """benchmarks/mikasa_robo.cue_effect on synthetic episodes: a memoryless MLP's actions after the
+    cue cannot depend on the cue frames (exactly 0); ELMUR's can (> 0 with random weights)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import mikasa_robo as mr
+    from tensordict import TensorDict
+
+    task = "RememberColor3-v0"
+    T, n = 60, 4
+    torch.manual_seed(0)
+    data = TensorDict({"pixels": torch.randint(0, 256, (n * T, 6, SIZE, SIZE), dtype=torch.uint8),
+                       "action": torch.randn(n * T, 4),
+                       "is_init": (torch.arange(n * T) % T == 0).unsqueeze(-1)}, [n * T])
+    args = mr.Args(image_size=SIZE)
+    effects = {m: mr.cue_effect(mr.make_actor(task, m, args), data, task) for m in ("mlp", "elmur")}
+    assert effects["mlp"]["cue_effect"] == 0.0
+    assert effects["elmur"]["cue_effect"] > 1e-4
+    assert effects["mlp"]["reach_action"] == effects["elmur"]["reach_action"] > 0
+    assert mr.cue_effect(mr.make_actor(task, "mlp", args), data[:T], task) == {}  # one episode: no pair
