@@ -62,7 +62,7 @@ class TestAttention:
         q, k, v = (torch.randn(2, 8, dtype=torch.float64) for _ in range(3))
         slots = torch.arange(4)
         got = self.att.attend_one(q, k, v, cache_k, cache_v, (p[:, None] - slots).clamp(min=0),
-                                  (slots < p[:, None]).unsqueeze(1), self.u, self.v)
+                                  (slots >= p[:, None]).unsqueeze(1), self.u, self.v)
         for b in range(2):  # the cache's earlier slots, then the token itself at slot p
             keys = torch.cat([cache_k[b:b + 1, :, :p[b]], k[b].view(1, 2, 1, 4)], 2)
             values = torch.cat([cache_v[b:b + 1, :, :p[b]], v[b].view(1, 2, 1, 4)], 2)

@@ -120,7 +120,7 @@ class RelativeSelfAttention(nn.Module):
         return self.out(merge_heads(y))  # [B, H, n, d] -> [B, n, D]
 
     def attend_one(self, q: Tensor, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, distance: Tensor,
-                   earlier: Tensor, u: Tensor, v_bias: Tensor, position_mask: Tensor | None = None) -> Tensor:
+                   unseen: Tensor, u: Tensor, v_bias: Tensor, position_mask: Tensor | None = None) -> Tensor:
         """:meth:`attend` for one new token per row (the streaming step): the same scores, over the
         segment's earlier tokens (read from the cache where they are, not copied into it first)
         and the token itself, as elementwise products instead of batched matmuls (one query per
@@ -130,10 +130,11 @@ class RelativeSelfAttention(nn.Module):
         Args:
             q, k, v: this token's query, key and value ``[B, D]``.
             cache_k, cache_v: the segment's cached keys and values ``[B, H, K, d]`` (any strides);
-                only slots where ``earlier`` is True are read.
+                slots where ``unseen`` is True are masked out.
             distance: int64 ``[B, K]``: ``p - j`` (clamped to ``[0, K-1]``), the distance from cache
                 slot ``j`` to this token at slot ``p``.
-            earlier: bool ``[B, 1, K]``: True for the slots before ``p`` (this segment's earlier tokens).
+            unseen: bool ``[B, 1, K]``: True for the slots from ``p`` on (no earlier token of this
+                segment there); computed once per step for all layers.
             u, v_bias, position_mask: as in :meth:`attend`.
 
         Returns:
@@ -146,7 +147,7 @@ class RelativeSelfAttention(nn.Module):
         qu = (qh + u).unsqueeze(2)  # [B, H, 1, d]
         earlier_scores = (qu * cache_k).sum(-1) + torch.gather(pos, -1, distance.unsqueeze(1).expand(b, h, K))
         own_score = (qu[:, :, 0] * kh).sum(-1, keepdim=True) + pos[..., :1]  # [B, H, 1]: distance 0
-        scores = torch.cat([earlier_scores.masked_fill(~earlier, float("-inf")), own_score], -1) / math.sqrt(qh.shape[-1])
+        scores = torch.cat([earlier_scores.masked_fill(unseen, float("-inf")), own_score], -1) / math.sqrt(qh.shape[-1])
         probs = torch.softmax(scores, -1)  # [B, H, K + 1]
         if self.training:
             probs = F.dropout(probs, self.attn_dropout)

@@ -212,29 +212,31 @@ class ELMURBackbone(nn.Module):
         Returns:
             ``(y [B, D], next_state)``. The input state is not modified (unless ``inplace``).
         """
+        return self._checked_step(x, state, static, inplace)
+
+    def _checked_step(self, x: Tensor, state: ELMURState | None, static: bool, inplace: bool,
+                      token_path=None) -> tuple[Tensor, ELMURState]:
+        """:meth:`step`'s checks, then the step (``token_path``: see :meth:`_step`)."""
         self._check_tokens(x, 2, "step")
-        if state is not None and isinstance(state, ELMURState) and state.layout == "tokens":
-            if static or inplace:
-                raise ValueError(f"ELMURBackbone.step: static=True and inplace=True need a state of layout 'cache', "
-                                 f"received layout 'tokens' (static={static}, inplace={inplace}).")
+        if isinstance(state, ELMURState) and state.layout == "tokens":
+            if static or inplace or token_path is not None:
+                raise ValueError(f"ELMURBackbone.step: static=True, inplace=True and the compiled step need a state of "
+                                 f"layout 'cache', received layout 'tokens' (static={static}, inplace={inplace}).")
             y, state = self.forward(x.unsqueeze(1), state)
             return y[:, 0], state
-        return self._step(x, self._step_state(x, state, static, inplace), static, inplace)
-
-    def _step_state(self, x: Tensor, state: ELMURState | None, static: bool, inplace: bool) -> ELMURState:
-        """The checked state of a step in the ``"cache"`` layout (a fresh one for ``None``)."""
         if inplace and (static or torch.is_grad_enabled() or state is None):
             raise ValueError(
                 "ELMURBackbone.step: inplace=True needs a given state, autograd off (torch.no_grad()) and "
                 f"static=False; received state={'None' if state is None else 'given'}, "
                 f"grad enabled={torch.is_grad_enabled()}, static={static}."
             )
-        return self._prepare(x, state, "step")
+        return self._step(x, self._prepare(x, state, "step"), static, inplace, token_path)
 
-    def _token_path(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor,
-                    step: Tensor) -> tuple[Tensor, Tensor]:
+    def _token_path(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
+                    p: Tensor) -> tuple[Tensor, Tensor]:
         """The part of a step that every row does at every step, with no data-dependent shape or
-        branch (what :meth:`compiled_step` compiles): all layers' token outputs for ``x [B, F]``.
+        branch (what :meth:`compiled_step` compiles): all layers' token outputs for ``x [B, F]``
+        at slots ``p = step % K`` (computed once by :meth:`_step`).
 
         Returns:
             ``(y [B, D], entry [B, H, L, 3, d])``: the output (after the final norm) and this
@@ -244,17 +246,16 @@ class ELMURBackbone(nn.Module):
         B, K, H, L = x.shape[0], c.segment_len, c.num_heads, c.num_layers
         h = self._input_tokens(x)  # [B, D]
         position_mask = self._position_mask(h.dtype, h.device)
-        p = step % K  # [B]
         slots = torch.arange(K, device=x.device)
         distance = (p[:, None] - slots).clamp_(min=0)  # [B, K]: from each cache slot to this token (slots >= p unused)
-        earlier = (slots < p[:, None]).unsqueeze(1)  # [B, 1, K]: the slots holding this segment's earlier tokens
+        unseen = (slots >= p[:, None]).unsqueeze(1)  # [B, 1, K]: slots not holding this segment's earlier tokens
         seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
         gap = (step + 1)[:, None, None] - memory_time  # [B, L, M]: this token's stamp - each slot's, for the reads
         entries = []  # per layer: this token's key, value, output [B, D]
         for i, layer in enumerate(self.layers):
             qkv = layer.project(h)  # ([B, D],) * 3
             h = layer.token_step(h, qkv, layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE),
-                                 distance, earlier, self.u, self.v, seen[:, i], gap[:, i], position_mask)
+                                 distance, unseen, self.u, self.v, seen[:, i], gap[:, i], position_mask)
             entries += [qkv[1], qkv[2], h]
         entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
         return self.final_norm(h), entry
@@ -268,9 +269,8 @@ class ELMURBackbone(nn.Module):
         K, L = self.config.segment_len, self.config.num_layers
         B = x.shape[0]
         memory, memory_time, cache, step = state.memory, state.memory_time, state.cache, state.step
-        y, entry = (token_path or self._token_path)(x, memory, memory_time, cache, step)
         p = step % K  # [B]: this token's slot in the segment
-        slots = torch.arange(K, device=x.device)
+        y, entry = (token_path or self._token_path)(x, memory, memory_time, cache, step, p)
         if not inplace:  # the next cache: the input's plus this token at slot p
             cache = cache.clone()
         cache[torch.arange(B, device=x.device), :, p] = entry
@@ -279,7 +279,7 @@ class ELMURBackbone(nn.Module):
         if static or bool(done.any()):
             # static: write every row, keep it where done; else write the done rows only
             done_rows = slice(None) if static else done.nonzero().squeeze(-1)
-            seg_stamp = (step - p + 1)[done_rows, None] + slots  # [b, K]
+            seg_stamp = (step - p + 1)[done_rows, None] + torch.arange(K, device=x.device)  # [b, K]
             outs = [merge_heads(layer_cache(cache, i, CACHE_OUTPUT)[done_rows]) for i in range(L)]  # [b, K, D]
             mem, time = self.commit_segment(memory[done_rows], memory_time[done_rows], outs, seg_stamp)
             if static:
@@ -307,16 +307,18 @@ class ELMURBackbone(nn.Module):
         """
         if mode == "reduce-overhead":
             return torch.compile(functools.partial(self.step, static=True), mode=mode)
-        token_path = torch.compile(self._token_path, mode=mode, dynamic=False)
+        token_path = self.compiled_token_path(mode)
 
         def step(x: Tensor, state: ELMURState | None = None, *, inplace: bool = False) -> tuple[Tensor, ELMURState]:
-            self._check_tokens(x, 2, "step")
-            if isinstance(state, ELMURState) and state.layout != "cache":
-                raise ValueError(f"ELMURBackbone.compiled_step: the compiled step needs a state of layout 'cache', "
-                                 f"received layout {state.layout!r}.")
-            return self._step(x, self._step_state(x, state, False, inplace), inplace=inplace, token_path=token_path)
+            return self._checked_step(x, state, False, inplace, token_path)
 
         return step
+
+    def compiled_token_path(self, mode: str = "default"):
+        """``torch.compile`` of :meth:`_token_path` (fixed shapes per batch size), to pass as
+        ``token_path`` to :meth:`_step` (what :meth:`compiled_step` does for modes other than
+        ``"reduce-overhead"``)."""
+        return torch.compile(self._token_path, mode=mode, dynamic=False)
 
     # ------------------------------------------------------------------ sequence path
     def forward(

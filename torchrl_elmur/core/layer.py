@@ -143,7 +143,7 @@ class ELMURLayer(nn.Module):
 
     def token_step(
         self, h: Tensor, qkv: tuple[Tensor, Tensor, Tensor], cache_k: Tensor, cache_v: Tensor, distance: Tensor,
-        earlier: Tensor, u: Tensor, v_bias: Tensor, memory: Tensor, gap: Tensor, position_mask: Tensor | None = None,
+        unseen: Tensor, u: Tensor, v_bias: Tensor, memory: Tensor, gap: Tensor, position_mask: Tensor | None = None,
     ) -> Tensor:
         """:meth:`token_output` of one token per row (the streaming step), attending over the
         cached earlier tokens of its segment (:meth:`RelativeSelfAttention.attend_one`).
@@ -151,13 +151,13 @@ class ELMURLayer(nn.Module):
         Args:
             h: layer input ``[B, D]``; qkv: its :meth:`project` ``([B, D],) * 3``.
             cache_k, cache_v: the segment's cached keys and values ``[B, H, K, d]``.
-            distance, earlier: see :meth:`RelativeSelfAttention.attend_one`.
+            distance, unseen: see :meth:`RelativeSelfAttention.attend_one`.
             memory: ``[B, M, D]``; gap: int64 ``[B, M]`` = token stamp - slot stamp.
 
         Returns:
             ``[B, D]``.
         """
-        attended = self.self_attn.attend_one(*qkv, cache_k, cache_v, distance, earlier, u, v_bias, position_mask)
+        attended = self.self_attn.attend_one(*qkv, cache_k, cache_v, distance, unseen, u, v_bias, position_mask)
         h1 = self.res_self.out(h, attended)
         return self.read_and_feed_forward(h1.unsqueeze(1), memory, gap.unsqueeze(1)).squeeze(1)
 
