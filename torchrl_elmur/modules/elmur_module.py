@@ -356,16 +356,23 @@ class ELMURModule(TensorDictModuleBase):
         if mode == "auto":
             mode = "reduce-overhead" if self.backbone.memory_init.is_cuda else "default"
         self._compile_mode = mode
-        self._compiled_step = None if mode is None else self.backbone.compiled_step(mode)
+        self._compiled_step = self._compile(mode)
         return self
+
+    def _compile(self, mode: str | None):
+        """The compiled callable of ``mode``: the whole static step for ``"reduce-overhead"`` (CUDA
+        graphs), else the token path that the backbone's unchecked step runs (the module has
+        checked its inputs already); None for eager."""
+        if mode is None:
+            return None
+        return self.backbone.compiled_step(mode) if mode == "reduce-overhead" else self.backbone.compiled_token_path(mode)
 
     def __getstate__(self):  # a compiled function does not pickle: workers compile again
         return {**self.__dict__, "_compiled_step": None}
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
-        if self._compile_mode is not None:
-            self._compiled_step = self.backbone.compiled_step(self._compile_mode)
+        self._compiled_step = self._compile(self._compile_mode)
 
     # ------------------------------------------------------------------ recurrent mode
     @property
@@ -482,15 +489,13 @@ class ELMURModule(TensorDictModuleBase):
         if self.state_layout == "tokens":  # the segment so far is recomputed from its tokens
             y, new = self.backbone(value.unsqueeze(1), state)
             y = y[:, 0]
-        else:  # value and state fields were checked above: the backbone's unchecked step
+        else:
             no_grad = not torch.is_grad_enabled()
-            inplace = self._inplace_steps and no_grad
-            if self._compiled_step is None or not no_grad:
-                y, new = self.backbone._step(value, state, inplace=inplace)
-            elif self._compile_mode == "reduce-overhead":  # the whole static step as one graph (no in-place)
-                y, new = self._compiled_step(value, state)
-            else:
-                y, new = self._compiled_step(value, state, inplace=inplace)
+            compiled = self._compiled_step if no_grad else None  # compiled paths are for inference only
+            if compiled is not None and self._compile_mode == "reduce-overhead":  # the whole static step, one graph
+                y, new = compiled(value, state)
+            else:  # value and state fields were checked above: the backbone's unchecked step
+                y, new = self.backbone._step(value, state, inplace=self._inplace_steps and no_grad, token_path=compiled)
         feats, _ = self._spec()
         return self._write(td, y.reshape(*shape, -1),
                            {name: t.reshape(*shape, *feats[name][0]) for name, t in new.fields().items()})
@@ -515,6 +520,25 @@ class ELMURModule(TensorDictModuleBase):
             at_ends = final_value.new_zeros(n * t, *feats[name][0]).index_copy(0, layout.ends, final_value)
             next_fields[name] = at_ends.reshape(*td.batch_size, *feats[name][0])
         return self._write(td, y.reshape(*td.batch_size, -1), next_fields)
+
+
+def compile_steps(module: torch.nn.Module, mode: str | None = "auto") -> torch.nn.Module:
+    """Every :class:`ELMURModule` inside ``module`` (a policy) steps through
+    :meth:`ELMURModule.compile_step` with ``mode``, in the cache layout that needs (for inference
+    and evaluation, which store no state; set the layout back to store one). ``mode=None``: eager
+    steps, in the cache layout. Returns ``module``.
+
+    Examples:
+        >>> policy = torch.nn.Sequential(ELMURModule(3, 8, num_heads=2, in_key="x", out_key="y"))
+        >>> m = compile_steps(policy)[0]
+        >>> m.state_layout, m._compile_mode
+        ('cache', 'default')
+    """
+    for m in module.modules():
+        if isinstance(m, ELMURModule):
+            m.state_layout = "cache"
+            m.compile_step(mode)
+    return module
 
 
 @contextmanager
