@@ -30,6 +30,7 @@ Prints the tables and the targets of issue 14, writes ``<out>/step_cost.csv``, `
 """
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -49,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tutorials"))
 import offline_bc  # noqa: E402  (the tutorial's actor)
 from common import best_of, format_table, grouped_bars, machine, sync, write_csv  # noqa: E402
 
-from torchrl_elmur import ELMURBackbone, ELMURConfig, ELMURModule, window_recompute  # noqa: E402
+from torchrl_elmur import ELMURBackbone, ELMURConfig, ELMURModule, compile_steps, window_recompute  # noqa: E402
 from torchrl_elmur.envs.tmaze_rules import OBS_DIM  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 from torchrl_elmur.training.tmaze_eval import tmaze_success_rate  # noqa: E402
@@ -84,14 +85,12 @@ def elmur_config(preset: str) -> ELMURConfig:
     return getattr(ELMURConfig, preset)(input_size=offline_bc.Args.hidden)
 
 
-def make_actor(kind: str, preset: str, device: str):
-    """The BC tutorial's actor (greedy, eval mode); ELMUR with ``state_layout="cache"``."""
+def make_actor(kind: str, preset: str, device: str, compiled: bool = False):
+    """The BC tutorial's actor (greedy, eval mode); ELMUR with ``state_layout="cache"``, stepping
+    through ``compile_step()`` with ``compiled``."""
     torch.manual_seed(0)
-    actor = offline_bc.make_actor(kind, offline_bc.Args(), elmur_config(preset) if kind == "elmur" else None)
-    for m in actor.modules():
-        if isinstance(m, ELMURModule):
-            m.state_layout = "cache"
-    return actor.to(device).eval()
+    actor = offline_bc.make_actor(kind, offline_bc.Args(), elmur_config(preset) if kind == "elmur" else None).to(device)
+    return compile_steps(actor, "auto" if compiled else None).eval()  # None: eager, in the cache layout
 
 
 def actor_steps(actor, batch: int, steps: int, device: str) -> Callable[[], None]:
@@ -112,17 +111,19 @@ def actor_steps(actor, batch: int, steps: int, device: str) -> Callable[[], None
 
 
 def backbone_steps(net: ELMURBackbone, batch: int, steps: int, device: str, start: int = 10,
-                   inplace: bool = False) -> Callable[[], None]:
-    """``steps`` calls of ``net.step`` from episode step ``start`` (rounded down to a segment boundary)."""
+                   step_fn=None) -> Callable[[], None]:
+    """``steps`` calls of ``net.step`` (or ``step_fn``, e.g. ``partial(net.step, inplace=True)``) from
+    episode step ``start`` (rounded down to a segment boundary)."""
     K = net.config.segment_len
     x = torch.randn(batch, steps, net.config.token_size, device=device)
+    step_fn = step_fn or net.step
 
     @torch.no_grad()
     def run():
         s = net.initial_state(batch)
         s.step += start - start % K  # the state has a fixed shape: any episode step is one number away
         for t in range(steps):
-            _, s = net.step(x[:, t], s, inplace=inplace)
+            _, s = step_fn(x[:, t], s)
     return run
 
 
@@ -145,19 +146,8 @@ def medians_ms(candidates: dict[str, tuple[Callable[[], None], int]], rounds: in
 def step_path_ms(net: ELMURBackbone, batch: int, start_step: int, repeats: int, device: str, step_fn=None) -> float:
     """Best ms per step of ``net.step`` (or ``step_fn``) over two full segments from episode step
     ``start_step`` (used by ``throughput.py``)."""
-    K = net.config.segment_len
-    x = torch.randn(batch, 2 * K, net.config.token_size, device=device)
-    step_fn = step_fn or net.step
-    start = start_step - start_step % K
-
-    @torch.no_grad()
-    def run():
-        s = net.initial_state(batch)
-        s.step += start
-        for t in range(2 * K):
-            _, s = step_fn(x[:, t], s)
-
-    return 1e3 * best_of(run, repeats, device) / (2 * K)
+    steps = 2 * net.config.segment_len
+    return 1e3 * best_of(backbone_steps(net, batch, steps, device, start_step, step_fn), repeats, device) / steps
 
 
 @torch.no_grad()
@@ -171,11 +161,7 @@ def window_recompute_ms(net: ELMURBackbone, batch: int, repeats: int, device: st
 def step_table(args: Args) -> list[dict]:
     dev = args.device
     elmur, gru = make_actor("elmur", args.preset, dev), make_actor("gru", args.preset, dev)
-    compiled = make_actor("elmur", args.preset, dev) if args.compile else None
-    if compiled is not None:
-        for m in compiled.modules():
-            if isinstance(m, ELMURModule):
-                m.compile_step()
+    compiled = make_actor("elmur", args.preset, dev, compiled=True) if args.compile else None
     net = next(m for m in elmur.modules() if isinstance(m, ELMURModule)).backbone
     K = net.config.segment_len
     steps = 2 * K
@@ -187,7 +173,7 @@ def step_table(args: Args) -> list[dict]:
             "backbone_ms": (backbone_steps(net, batch, steps, dev), steps),
             "elmur_actor_ms": (actor_steps(elmur, batch, steps, dev), steps),
             "gru_actor_ms": (actor_steps(gru, batch, steps, dev), steps),
-            "inplace_ms": (backbone_steps(net, batch, steps, dev, inplace=True), steps),
+            "inplace_ms": (backbone_steps(net, batch, steps, dev, step_fn=functools.partial(net.step, inplace=True)), steps),
             "backbone_1e6_ms": (backbone_steps(net, batch, steps, dev, start=10**6), steps),
         }
         if compiled is not None:
@@ -210,10 +196,7 @@ def loop_table(args: Args) -> list[dict]:
     dev, batch, corridor = args.device, args.loop_batch, args.loop_corridor
     actors = {"gru": make_actor("gru", args.preset, dev), "elmur": make_actor("elmur", args.preset, dev)}
     if args.compile:
-        actors["elmur compiled"] = make_actor("elmur", args.preset, dev)
-        for m in actors["elmur compiled"].modules():
-            if isinstance(m, ELMURModule):
-                m.compile_step()
+        actors["elmur compiled"] = make_actor("elmur", args.preset, dev, compiled=True)
     steps = corridor + 2
     cands = {}
     for name, actor in actors.items():

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tutorials"))
 import offline_bc  # noqa: E402  (the tutorial: its Args, make_actor and train are the recipe)
 from common import format_table, machine, write_csv  # noqa: E402
 
-from torchrl_elmur import ELMURModule  # noqa: E402
+from torchrl_elmur import compile_steps  # noqa: E402
 from torchrl_elmur.training import episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb  # noqa: E402
 from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
@@ -99,11 +99,8 @@ def main() -> None:
     for kind in args.policies:
         actor, train_s = load_or_train(kind, args)
         actor = actor.to(args.device).eval()
-        if args.compile:
-            for module in actor.modules():
-                if isinstance(module, ELMURModule):
-                    module.state_layout = "cache"  # the compiled step's layout (evaluation stores no state)
-                    module.compile_step()  # "auto": CUDA graphs on a GPU, the compiled token path on a CPU
+        if args.compile:  # "auto": CUDA graphs on a GPU, the compiled token path on a CPU
+            compile_steps(actor)
         success, seconds = evaluate_lengths(actor, args.corridor_lengths, args.eval_episodes, seed=args.seed + 10_000,
                                             name=kind, device=args.device, skip_at_chance=2 if args.skip else 0)
         for length in args.corridor_lengths:
