@@ -147,16 +147,17 @@ def cue_effect(actor, data, task: str, pairs: int = 50) -> dict:
     if not task.startswith("RememberColor") or k < 1:
         return {}
     episodes = data.reshape(n, T)
-    own, other = episodes[:k].clone(), episodes[k:2 * k].clone()
+    reach = slice(CUE_STEPS, CUE_STEPS + 10)
+    own = episodes[:k].clone()  # in memory; the actor writes its actions over the oracle's in it
+    reach_action = own["action"][:, reach].abs().mean().item()
     swapped = own.clone()
-    swapped["pixels"][:, :CUE_STEPS] = other["pixels"][:, :CUE_STEPS]
+    swapped["pixels"][:, :CUE_STEPS] = episodes[k:2 * k]["pixels"][:, :CUE_STEPS]
     was_training = actor.training
     actor.eval()
     with set_recurrent_mode(True):
-        change = actor(swapped)["action"] - actor(own.clone())["action"]
+        change = actor(swapped)["action"] - actor(own)["action"]
     actor.train(was_training)
-    reach = slice(CUE_STEPS, CUE_STEPS + 10)
-    return {"cue_effect": change[:, reach].abs().mean().item(), "reach_action": own["action"][:, reach].abs().mean().item()}
+    return {"cue_effect": change[:, reach].abs().mean().item(), "reach_action": reach_action}
 
 
 def chance(task: str) -> float:
