@@ -34,7 +34,8 @@ from common import grouped_bars, suite_errors, write_report  # noqa: E402
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_mikasa_dataset, make_offline_replay_buffer  # noqa: E402
 from torchrl_elmur.data.mikasa_dataset import EVAL_SEED, oracle_eval_success  # noqa: E402
-from torchrl_elmur.envs.mikasa_env import MIKASA_TASKS, episode_length, mikasa_task, render_device_error  # noqa: E402
+from torchrl_elmur.envs.mikasa_env import (MIKASA_TASKS, episode_length, mikasa_task, num_colours,  # noqa: E402
+                                           render_device_error)
 from torchrl_elmur.modules import PixelEncoder  # noqa: E402
 from torchrl_elmur.objectives import SequenceMSELoss  # noqa: E402
 from torchrl_elmur.training import train_bc  # noqa: E402
@@ -58,6 +59,7 @@ class Args:
     preset: str = "cpu"  # ELMUR: "cpu" (2 layers, 4 heads, 16 slots, --width) or "paper" (the published per task)
     detach_memory: bool = False  # ELMUR: detach memory at segment boundaries (the published setting)
     episodes: int = 200  # oracle episodes per task in the dataset (paper: 1000)
+    cues_per_layout: int = 1  # RememberColor: play each layout with this many cue colours (episodes that differ only in the cue)
     image_size: int = 64  # camera resolution (paper: 128)
     proprio: bool = False  # give the policies joints and TCP pose besides the pixels (paper: pixels only)
     steps: int = 400  # optimizer steps per policy
@@ -78,9 +80,14 @@ class Args:
 
 def check(args: Args) -> str | None:
     error = suite_errors(args, presets=PRESETS, task_name=mikasa_task,
-                         positive=("episodes", "steps", "batch", "eval_episodes", "workers"))
+                         positive=("episodes", "cues_per_layout", "steps", "batch", "eval_episodes", "workers"))
     if error:
         return error
+    for task in args.tasks:
+        cues = min(args.cues_per_layout, num_colours(task) or 1)
+        if args.episodes % cues:
+            return (f"--episodes ({args.episodes}) must be a multiple of the cues per layout of {task} ({cues}; "
+                    f"--cues-per-layout {args.cues_per_layout})")
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         return f"--device: expected cpu or cuda (with a GPU), received {args.device!r}"
     if args.image_size < 36:
@@ -196,7 +203,7 @@ def main() -> None:
     for task in args.tasks:
         data = main_first(ctx, lambda: make_mikasa_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
             task, args.episodes, seed=args.seed, image_size=args.image_size, workers=args.workers, cache_dir=args.cache,
-            progress=args.progress and ctx.is_main))
+            progress=args.progress and ctx.is_main, cues_per_layout=min(args.cues_per_layout, num_colours(task) or 1)))
         if ctx.is_main:
             table[task] = {"oracle": oracle_eval_success(task, args.eval_episodes), "chance": chance(task)}
         for memory in args.policies:
@@ -213,8 +220,9 @@ def main() -> None:
     if not ctx.is_main:
         return shutdown(ctx)
     columns = ["oracle", *args.policies, "chance"]
+    cues_note = f" (each layout with {args.cues_per_layout} cue colours)" if args.cues_per_layout > 1 else ""
     header = (f"MIKASA-Robo BC from pixels ({args.image_size}x{args.image_size}, 2 cameras{', + proprio' if args.proprio else ''}): "
-              f"{args.episodes} oracle episodes per task, {args.steps} steps x {args.batch} episodes, AdamW {args.lr}, "
+              f"{args.episodes} oracle episodes per task{cues_note}, {args.steps} steps x {args.batch} episodes, AdamW {args.lr}, "
               f"ELMUR preset {args.preset!r} (detach_memory={args.detach_memory}), {args.eval_episodes} eval episodes, "
               f"seed {args.seed}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
               f"{time.perf_counter() - start:.0f} s")
@@ -225,7 +233,7 @@ def main() -> None:
                  ylabel="success rate (success_once)", marks={t: table[t]["chance"] for t in table},
                  title="MIKASA-Robo, behaviour cloning from pixels (dotted: one guess among the colours)")
     result = json.dumps({"benchmark": "mikasa_robo", "tasks": table, "rows": rows, "preset": args.preset,
-                         "episodes": args.episodes, "image_size": args.image_size, "proprio": args.proprio,
+                         "episodes": args.episodes, "cues_per_layout": args.cues_per_layout, "image_size": args.image_size, "proprio": args.proprio,
                          "world_size": ctx.world_size})
     (out / "mikasa_robo.json").write_text(result + "\n")
     print(f"wrote {out / 'mikasa_robo.csv'}, .md, .png, .json")

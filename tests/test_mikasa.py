@@ -119,8 +119,56 @@ def test_dataset_on_disk_keeps_uint8_and_reloads(tmp_path):
     assert meta["oracle_success"] == 1.0 and meta["image_size"] == SIZE
     again = make_mikasa_dataset("RememberColor3-v0", 2, seed=3, image_size=SIZE, cache_dir=tmp_path, progress=False)
     assert again["pixels"].dtype == torch.uint8 and torch.equal(again["pixels"][:], data["pixels"][:])
-    with pytest.raises(ValueError, match="seed \\+ num_episodes must be <= 1000000"):
+    with pytest.raises(ValueError, match="seed \\+ layouts must be <= 1000000"):
         make_mikasa_dataset("RememberColor3-v0", 2, seed=999_999, cache_dir=None)
+    with pytest.raises(ValueError, match="num_episodes \\(4\\) must be a multiple of cues_per_layout \\(3\\)"):
+        make_mikasa_dataset("RememberColor3-v0", 4, cues_per_layout=3, cache_dir=None)
+    with pytest.raises(ValueError, match="cues_per_layout must be an int in \\[1, 1\\] for TakeItBack-v0"):
+        make_mikasa_dataset("TakeItBack-v0", 4, cues_per_layout=2, cache_dir=None)
+
+
+@needs_render
+def test_a_chosen_cue_keeps_the_layout_and_shows_its_colour():
+    """reset with a 'cue' on one seed: the same cube places, the chosen colour as the target and in the
+    cue frame (RememberColor3: 0 red, 1 green, 2 blue), and an error naming the key for a bad cue."""
+    from tensordict import TensorDict
+
+    env = ManiSkillEnv("RememberColor3-v0", image_size=64, seed=5)
+    raw = env.raw.unwrapped
+    try:
+        places = []
+        for cue in range(3):
+            env.set_seed(5)
+            pixels = env.reset(TensorDict({"cue": torch.tensor(cue)}, []))["pixels"]
+            assert int(raw.true_color_indices.reshape(-1)[0]) == cue and env.episode_seed == 5
+            places.append(torch.stack([raw.initial_poses[k].reshape(3) for k in range(3)]))
+            frames = pixels.reshape(2, 3, -1).permute(0, 2, 1).reshape(-1, 3).int()  # both cameras' pixels [P, 3]
+            top, _ = frames.sort(-1)
+            saturated = (top[:, 2] > 120) & (top[:, 1] < 60) & (top[:, 0] < 40)  # pure red, green or blue
+            counts = torch.bincount(frames[saturated].argmax(-1), minlength=3)
+            assert counts[cue] > 10 and counts.sum() == counts[cue], (cue, counts)
+        assert all(torch.equal(places[0], p) for p in places[1:])
+        with pytest.raises(ValueError, match="'cue' must be an integer in \\[0, 3\\) for RememberColor3-v0, received 3"):
+            env.reset(TensorDict({"cue": torch.tensor(3)}, []))
+    finally:
+        env.close()
+
+
+@needs_render
+def test_dataset_plays_each_layout_with_every_cue():
+    """cues_per_layout=3: one seed's layout three times, once per colour (the drawn one first); the oracle
+    reaches a different cube each time and succeeds in all three."""
+    from torchrl_elmur.data.mikasa_dataset import layout_cues, oracle_success, play_mikasa_episodes
+
+    data = play_mikasa_episodes("RememberColor3-v0", 3, seed=4, image_size=SIZE, progress=False, cues_per_layout=3)
+    assert data.batch_size == (180,) and oracle_success(data) == 1.0
+    assert data["episode"].unique().tolist() == [12, 13, 14]  # seed 4 x 3 cues + j
+    episodes = data.reshape(3, 60)
+    cue_frames = episodes["pixels"][:, 0]
+    assert not torch.equal(cue_frames[0], cue_frames[1]) and not torch.equal(cue_frames[1], cue_frames[2])
+    reach = episodes["action"][:, 10:14, :2]  # the first steps of the reach, towards three different cubes
+    assert (reach[0] - reach[1]).abs().max() > 0.1 and (reach[1] - reach[2]).abs().max() > 0.1
+    assert layout_cues(2, 9, 3, seed=1) == layout_cues(2, 9, 3, seed=1) and len(layout_cues(2, 9, 3, seed=1)) == 3
 
 
 @needs_render

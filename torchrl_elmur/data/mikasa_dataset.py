@@ -9,6 +9,9 @@ none, and they would double the storage. Episodes run their full length (60 step
 RememberColor, 180 for TakeItBack), as in the authors' data.
 
 Episode ``i`` is played from seed ``seed + i``; evaluation uses seeds from :data:`EVAL_SEED` on.
+``cues_per_layout = c > 1`` (RememberColor) plays every seed's layout ``c`` times, with its own
+cue colour and ``c - 1`` others (all of them when ``c`` is the number of colours): episodes that
+differ only in the cue, so the reach cannot be fitted from the layout alone.
 Rendering is the cost (about 8 steps/s per process on this project's 2-core CPU, either image
 size): ``workers`` processes play disjoint seed ranges.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import random
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,7 +29,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import step_mdp
 from tqdm import tqdm
 
-from ..envs.mikasa_env import ManiSkillEnv, mikasa_task
+from ..envs.mikasa_env import ManiSkillEnv, mikasa_task, num_colours
 from .storage import EVAL_SEED, cached_dataset
 
 FORMAT_VERSION = 1  # bump when the stored format or the oracles change
@@ -33,11 +37,43 @@ STEP_KEYS = ("pixels", "proprio")
 NEXT_KEYS = ("reward", "done", "terminated", "truncated", "success", "success_once")
 
 
+def layout_cues(drawn: int, colours: int, cues_per_layout: int, seed: int) -> list[int | None]:
+    """The cue colours one layout is played with: ``None`` (the task's own draw, ``drawn``) first,
+    then ``cues_per_layout - 1`` of the other colours (chosen from ``seed``; all, ascending, when
+    ``cues_per_layout == colours``).
+
+    Examples:
+        >>> layout_cues(1, 3, 3, seed=0)
+        [None, 0, 2]
+        >>> layout_cues(1, 3, 1, seed=0)
+        [None]
+    """
+    others = [c for c in range(colours) if c != drawn]
+    if cues_per_layout - 1 < len(others):
+        others = sorted(random.Random(seed).sample(others, cues_per_layout - 1))
+    return [None, *others]
+
+
+def check_cues_per_layout(task: str, num_episodes: int, cues_per_layout: int) -> None:
+    """``cues_per_layout`` is an int in ``[1, colours]`` that divides ``num_episodes`` (1 for TakeItBack)."""
+    colours = max(num_colours(task), 1)
+    if isinstance(cues_per_layout, bool) or not isinstance(cues_per_layout, int) or not 1 <= cues_per_layout <= colours:
+        raise ValueError(f"cues_per_layout must be an int in [1, {colours}] for {task} (its number of cue colours), "
+                         f"received {cues_per_layout!r}.")
+    if num_episodes % cues_per_layout:
+        raise ValueError(f"num_episodes ({num_episodes}) must be a multiple of cues_per_layout ({cues_per_layout}): "
+                         "every layout is played with each of its cues.")
+
+
 def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_size: int = 64, obs_mode: str = "rgb",
-                         terminate_on_success: bool = False, progress: bool = True, report=None) -> TensorDict:
+                         terminate_on_success: bool = False, progress: bool = True, report=None,
+                         cues_per_layout: int = 1) -> TensorDict:
     """Play ``num_episodes`` oracle episodes of ``task`` (seeds ``seed, seed + 1, ...``) in one process.
 
     Args:
+        cues_per_layout: RememberColor: play each seed's layout with this many cue colours
+            (:func:`layout_cues`): ``num_episodes / cues_per_layout`` layouts (seeds), episode ids
+            ``layout_seed * cues_per_layout + j``. Must divide ``num_episodes``.
         obs_mode: ``"rgb"`` records ``pixels`` and ``proprio``; ``"state"`` renders nothing (fast:
             the oracle's own success rate) and records ``state``.
         terminate_on_success: end each episode at its first success.
@@ -48,45 +84,64 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
     """
     from ..envs.mikasa_oracles import make_oracle
 
+    check_cues_per_layout(task, num_episodes, cues_per_layout)
     torch.set_num_threads(1)
     env = ManiSkillEnv(task, image_size=image_size, seed=seed, obs_mode=obs_mode, terminate_on_success=terminate_on_success)
     keys = STEP_KEYS if obs_mode == "rgb" else ("state",)
     oracle = make_oracle(task)
     episodes = []
+
+    def play(cue: int | None) -> TensorDict:
+        td = env.reset(None if cue is None else TensorDict({"cue": torch.tensor(cue)}, []))
+        oracle.reset(env.raw.unwrapped)
+        steps = []
+        while True:
+            td.set("action", oracle(env.raw.unwrapped))
+            td = env.step(td)
+            steps.append(td.select(*keys, "action", *[("next", k) for k in NEXT_KEYS]))
+            td = step_mdp(td)
+            if bool(steps[-1]["next", "done"]):
+                break
+        rows = torch.stack(steps)
+        rows.set("is_init", torch.arange(len(rows)).eq(0).unsqueeze(-1))
+        return rows
+
     try:
-        for episode in tqdm(range(num_episodes), desc=f"{task} episodes", disable=not progress, dynamic_ncols=True):
-            td = env.reset()
-            oracle.reset(env.raw.unwrapped)
-            steps = []
-            while True:
-                td.set("action", oracle(env.raw.unwrapped))
-                td = env.step(td)
-                steps.append(td.select(*keys, "action", *[("next", k) for k in NEXT_KEYS]))
-                td = step_mdp(td)
-                if bool(steps[-1]["next", "done"]):
-                    break
-            rows = torch.stack(steps)
-            rows.set("is_init", torch.arange(len(rows)).eq(0).unsqueeze(-1))
-            rows.set("episode", torch.full((len(rows),), seed + episode, dtype=torch.int64))
-            episodes.append(rows)
-            if report is not None:
-                report(1)
+        bar = tqdm(total=num_episodes, desc=f"{task} episodes", disable=not progress, dynamic_ncols=True)
+        for layout in range(num_episodes // cues_per_layout):
+            cues = [None]
+            for j in range(cues_per_layout):
+                if j == 1:  # the layout's own cue was played: now the others, on the same seed
+                    cues = layout_cues(int(env.raw.unwrapped.true_color_indices.reshape(-1)[0]), num_colours(task),
+                                       cues_per_layout, seed + layout)
+                env.set_seed(seed + layout)
+                rows = play(cues[j])
+                rows.set("episode", torch.full((len(rows),), (seed + layout) * cues_per_layout + j, dtype=torch.int64))
+                episodes.append(rows)
+                bar.update(1)
+                if report is not None:
+                    report(1)
+        bar.close()
     finally:
         env.close()
     return torch.cat(episodes)
 
 
-def _play_shard(task: str, count: int, seed: int, image_size: int, done_queue) -> TensorDict:
-    return play_mikasa_episodes(task, count, seed, image_size=image_size, progress=False, report=done_queue.put)
+def _play_shard(task: str, count: int, seed: int, image_size: int, cues: int, done_queue) -> TensorDict:
+    return play_mikasa_episodes(task, count, seed, image_size=image_size, progress=False, report=done_queue.put,
+                                cues_per_layout=cues)
 
 
 def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, image_size: int = 64, workers: int = 1,
-                        cache_dir: str | Path | None = "outputs/cache/mikasa", progress: bool = True) -> TensorDict:
+                        cache_dir: str | Path | None = "outputs/cache/mikasa", progress: bool = True,
+                        cues_per_layout: int = 1) -> TensorDict:
     """Oracle episodes of a MIKASA-Robo task, stored in a ``LazyMemmapStorage`` under ``cache_dir``.
 
-    Built once per (task, episodes, seed, image size, format); later calls load the memory-mapped
-    copy. ``workers > 1`` plays contiguous seed ranges in that many processes (spawned).
-    ``cache_dir=None``: build in memory, store nothing.
+    Built once per (task, episodes, seed, image size, cues per layout, format); later calls load
+    the memory-mapped copy. ``workers > 1`` plays contiguous seed ranges in that many processes
+    (spawned). ``cache_dir=None``: build in memory, store nothing. ``cues_per_layout``: see
+    :func:`play_mikasa_episodes` (``num_episodes`` counts every episode, layouts are
+    ``num_episodes / cues_per_layout`` seeds).
 
     Returns:
         the flat TensorDict ``[N]`` of the module docstring, ``N = num_episodes * episode length``.
@@ -95,26 +150,36 @@ def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, im
     for name, value, low in (("num_episodes", num_episodes, 1), ("workers", workers, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"make_mikasa_dataset: {name} must be an int >= {low}, received {value!r}.")
-    if seed + num_episodes > EVAL_SEED:
-        raise ValueError(f"make_mikasa_dataset: seed + num_episodes must be <= {EVAL_SEED} (evaluation seeds start "
-                         f"there), received seed={seed}, num_episodes={num_episodes}.")
+    check_cues_per_layout(task, num_episodes, cues_per_layout)
+    layouts = num_episodes // cues_per_layout
+    if seed + layouts > EVAL_SEED:
+        raise ValueError(f"make_mikasa_dataset: seed + layouts must be <= {EVAL_SEED} (evaluation seeds start "
+                         f"there), received seed={seed}, layouts={layouts}.")
     meta = {"task": task, "num_episodes": num_episodes, "seed": seed, "image_size": image_size, "format": FORMAT_VERSION}
-    folder = None if cache_dir is None else Path(cache_dir) / f"{task}_{num_episodes}_{seed}_{image_size}px"
+    name = f"{task}_{num_episodes}_{seed}_{image_size}px"
+    if cues_per_layout > 1:  # (absent when 1: the caches built before the option stay valid)
+        meta["cues_per_layout"], name = cues_per_layout, f"{name}_{cues_per_layout}cues"
+    folder = None if cache_dir is None else Path(cache_dir) / name
     start = time.perf_counter()
-    return cached_dataset(folder, meta, lambda: _build(task, num_episodes, seed, image_size, workers, progress),
+    return cached_dataset(folder, meta, lambda: _build(task, num_episodes, seed, image_size, workers, progress,
+                                                       cues_per_layout),
                           extra=lambda data: {"oracle_success": oracle_success(data),
                                               "build_seconds": time.perf_counter() - start})
 
 
-def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: int, progress: bool) -> TensorDict:
-    workers = min(workers, num_episodes)
+def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: int, progress: bool,
+           cues: int) -> TensorDict:
+    layouts = num_episodes // cues
+    workers = min(workers, layouts)
     if workers == 1:
-        return play_mikasa_episodes(task, num_episodes, seed, image_size=image_size, progress=progress)
-    bounds = [round(i * num_episodes / workers) for i in range(workers + 1)]
+        return play_mikasa_episodes(task, num_episodes, seed, image_size=image_size, progress=progress,
+                                    cues_per_layout=cues)
+    bounds = [round(i * layouts / workers) for i in range(workers + 1)]  # layouts per worker
     context = mp.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         done_queue = manager.Queue()  # one item per finished episode, from every worker
-        futures = [pool.submit(_play_shard, task, bounds[i + 1] - bounds[i], seed + bounds[i], image_size, done_queue)
+        futures = [pool.submit(_play_shard, task, (bounds[i + 1] - bounds[i]) * cues, seed + bounds[i], image_size,
+                               cues, done_queue)
                    for i in range(workers)]
         with tqdm(total=num_episodes, desc=f"{task} episodes ({workers} processes)", disable=not progress,
                   dynamic_ncols=True) as bar:

@@ -132,6 +132,37 @@ def keep_hiding_visual(raw) -> None:
     raw._initialize_episode = types.MethodType(patched_initialize, raw)
 
 
+def num_colours(task: str) -> int:
+    """How many cube colours a RememberColor task shows (3, 5 or 9); 0 for the other tasks.
+
+    Examples:
+        >>> num_colours("RememberColor5-v0"), num_colours("TakeItBack-v0")
+        (5, 0)
+    """
+    family = MIKASA_TASKS[mikasa_task(task)][0]
+    return int(task.removeprefix("RememberColor").split("-")[0]) if family == "RememberColor" else 0
+
+
+def allow_cue_choice(raw) -> None:
+    """Let ``raw.reset(options={"cue": k})`` choose a RememberColor episode's cue colour ``k``.
+
+    The layout (where each colour's cube stands) is drawn from the seed as before; only the colour
+    shown as the cue, and so the cube to reach, is replaced. Without the option the episode is the
+    task's own draw.
+    """
+    initialize = raw._initialize_episode
+
+    def patched_initialize(self, env_idx, options):
+        out = initialize(env_idx, options)
+        cue = (options or {}).get("cue")
+        if cue is not None:
+            self.true_color_indices = torch.full_like(self.true_color_indices, int(cue))
+            self.oracle_info = self.true_color_indices
+        return out
+
+    raw._initialize_episode = types.MethodType(patched_initialize, raw)
+
+
 class ManiSkillEnv(EnvBase):
     """One MIKASA-Robo / ManiSkill 3 env (CPU physics, ``num_envs=1``) as a TorchRL env; batch size ``[]``.
 
@@ -150,6 +181,10 @@ class ManiSkillEnv(EnvBase):
 
     The raw ManiSkill env is ``env.raw`` (``env.raw.unwrapped`` holds the privileged state the
     oracles read).
+
+    ``env.reset(TensorDict({"cue": torch.tensor(k)}))`` plays a RememberColor episode with cue
+    colour ``k`` on the seed's layout (the same seed with every ``k``: episodes that differ only in
+    the cue, see :func:`allow_cue_choice`).
 
     Example (needs a render device; ``tests/test_mikasa.py`` runs it)::
 
@@ -180,6 +215,7 @@ class ManiSkillEnv(EnvBase):
                             sim_backend="cpu", sensor_configs=sensors)
         if MIKASA_TASKS[task][0] == "RememberColor":
             keep_hiding_visual(self.raw.unwrapped)
+            allow_cue_choice(self.raw.unwrapped)
         self.max_episode_steps = int(max_episode_steps or episode_length(task))
         self._next_seed = int(seed)
         self._steps = 0
@@ -220,9 +256,18 @@ class ManiSkillEnv(EnvBase):
         return out
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
+        options = {}
+        cue = None if tensordict is None else tensordict.get("cue", None)
+        if cue is not None:  # RememberColor: this episode's cue colour, chosen (see allow_cue_choice)
+            colours = num_colours(self.task)
+            if cue.numel() != 1 or cue.dtype.is_floating_point or not 0 <= int(cue) < colours:
+                expected = f"an integer in [0, {colours})" if colours else "no 'cue' (only RememberColor has one)"
+                raise ValueError(f"ManiSkillEnv.reset: 'cue' must be {expected} for {self.task}, received "
+                                 f"{cue.tolist()} ({cue.dtype}).")
+            options["cue"] = int(cue)
         self.episode_seed = self._next_seed
         self._next_seed += self.seed_stride
-        obs, _ = self.raw.reset(seed=self.episode_seed)
+        obs, _ = self.raw.reset(seed=self.episode_seed, options=options)
         self._steps, self._success_once = 0, False
         out = self._observe(obs, False)
         out.update({k: torch.tensor([False]) for k in ("done", "terminated", "truncated")})
