@@ -59,6 +59,7 @@ class Args:
     preset: str = "cpu"  # ELMUR: "cpu" (2 layers, 4 heads, 16 slots, --width) or "paper" (the published per task)
     detach_memory: bool = False  # ELMUR: detach memory at segment boundaries (the published setting)
     episodes: int = 200  # oracle episodes per task in the dataset (paper: 1000)
+    decision_weight: float = 1.0  # RememberColor: BC loss weight of the first DECISION_STEPS steps of the reach (where the action picks the cube)
     cues_per_layout: int = 1  # RememberColor: play each layout with this many cue colours (episodes that differ only in the cue)
     image_size: int = 64  # camera resolution (paper: 128)
     proprio: bool = False  # give the policies joints and TCP pose besides the pixels (paper: pixels only)
@@ -83,6 +84,8 @@ def check(args: Args) -> str | None:
                          positive=("episodes", "cues_per_layout", "steps", "batch", "eval_episodes", "workers"))
     if error:
         return error
+    if not args.decision_weight > 0:
+        return f"--decision-weight must be > 0, received {args.decision_weight}"
     for task in args.tasks:
         cues = min(args.cues_per_layout, num_colours(task) or 1)
         if args.episodes % cues:
@@ -117,8 +120,8 @@ def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext
     torch.manual_seed(args.seed)
     device = ctx.device  # --device, or this rank's GPU under torchrun
     actor = make_actor(task, memory, args).to(device)
-    loss = wrap_ddp(SequenceMSELoss(actor), ctx)
     window = episode_length(task)  # rows are whole episodes
+    loss = wrap_ddp(SequenceMSELoss(actor, step_weights=step_weights(task, args.decision_weight)), ctx)
     buffer = make_offline_replay_buffer(data if device.type == "cpu" else data.to(device), args.batch, window,
                                         seed=args.seed)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
@@ -137,6 +140,17 @@ def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext
 
 
 CUE_STEPS = 10  # RememberColor: the cue is shown, then hidden, during the first 10 steps (the oracle holds still)
+DECISION_STEPS = 3  # RememberColor: the first steps of the reach, the only ones that need the cue (later: the arm's motion)
+
+
+def step_weights(task: str, decision_weight: float) -> torch.Tensor | None:
+    """Per-step BC loss weights ``[T]``: ``decision_weight`` on RememberColor's first
+    :data:`DECISION_STEPS` reach steps, 1 elsewhere; None when all would be 1."""
+    if decision_weight == 1.0 or not task.startswith("RememberColor"):
+        return None
+    w = torch.ones(episode_length(task))
+    w[CUE_STEPS:CUE_STEPS + DECISION_STEPS] = decision_weight
+    return w
 
 
 @torch.no_grad()
@@ -221,6 +235,8 @@ def main() -> None:
         return shutdown(ctx)
     columns = ["oracle", *args.policies, "chance"]
     cues_note = f" (each layout with {args.cues_per_layout} cue colours)" if args.cues_per_layout > 1 else ""
+    if args.decision_weight != 1.0:
+        cues_note += f", loss weight {args.decision_weight:g} on the first {DECISION_STEPS} reach steps"
     header = (f"MIKASA-Robo BC from pixels ({args.image_size}x{args.image_size}, 2 cameras{', + proprio' if args.proprio else ''}): "
               f"{args.episodes} oracle episodes per task{cues_note}, {args.steps} steps x {args.batch} episodes, AdamW {args.lr}, "
               f"ELMUR preset {args.preset!r} (detach_memory={args.detach_memory}), {args.eval_episodes} eval episodes, "
@@ -233,7 +249,7 @@ def main() -> None:
                  ylabel="success rate (success_once)", marks={t: table[t]["chance"] for t in table},
                  title="MIKASA-Robo, behaviour cloning from pixels (dotted: one guess among the colours)")
     result = json.dumps({"benchmark": "mikasa_robo", "tasks": table, "rows": rows, "preset": args.preset,
-                         "episodes": args.episodes, "cues_per_layout": args.cues_per_layout, "image_size": args.image_size, "proprio": args.proprio,
+                         "episodes": args.episodes, "cues_per_layout": args.cues_per_layout, "decision_weight": args.decision_weight, "image_size": args.image_size, "proprio": args.proprio,
                          "world_size": ctx.world_size})
     (out / "mikasa_robo.json").write_text(result + "\n")
     print(f"wrote {out / 'mikasa_robo.csv'}, .md, .png, .json")

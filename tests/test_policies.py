@@ -40,6 +40,14 @@ def test_continuous_actor_and_mse():
         out = actor(batch.copy())
     assert out["action"].shape == batch["action"].shape and out["action"].abs().max() <= 2.0
     torch.testing.assert_close(losses["mae"], (out["action"] - batch["action"]).abs().mean())
+    per_step = (out["action"] - batch["action"]).pow(2).mean(-1)  # [2, 10]
+    w = torch.arange(10.0)  # step weights: the first step ignored, later ones more
+    weighted = SequenceMSELoss(actor, step_weights=w)(batch)["loss_bc"]
+    torch.testing.assert_close(weighted, (per_step * w).sum(-1).mean() / w.sum())
+    with pytest.raises(ValueError, match="step_weights has 9 steps, the batch's 'action' \\[2, 10, 1\\]"):
+        SequenceMSELoss(actor, step_weights=torch.ones(9))(batch)
+    with pytest.raises(ValueError, match="step_weights must be a 1-D tensor"):
+        SequenceMSELoss(actor, step_weights=torch.zeros(10))
 
 
 def test_bad_arguments():

@@ -341,8 +341,8 @@ class ELMURModule(TensorDictModuleBase):
         ``mode``: ``"auto"`` (the default) is ``"reduce-overhead"`` when the weights are on a GPU
         (the whole sync-free step as one CUDA graph; it computes the segment write for every row
         at every step, the price of having no data-dependent branch) and ``"default"`` otherwise
-        (the token path compiled, the segment writes eager: on a CPU it cuts the per-step op
-        overhead, ``benchmarks/step_cost.py``); any ``torch.compile`` mode; ``None`` switches back
+        (the token path and the segment write compiled, with inductor's C++ wrapper: on a CPU it
+        cuts the per-step op overhead, ``benchmarks/step_cost.py``); any ``torch.compile`` mode; ``None`` switches back
         to eager. Used only without autograd (inference, collection); with autograd on, and in
         recurrent mode, the eager paths run. Compilation happens on the first calls, once per
         batch size (tens of seconds on a CPU).
@@ -361,11 +361,11 @@ class ELMURModule(TensorDictModuleBase):
 
     def _compile(self, mode: str | None):
         """The compiled callable of ``mode``: the whole static step for ``"reduce-overhead"`` (CUDA
-        graphs), else the token path that the backbone's unchecked step runs (the module has
-        checked its inputs already); None for eager."""
+        graphs), else the compiled token path and segment write that the backbone's unchecked
+        step runs (the module has checked its inputs already); None for eager."""
         if mode is None:
             return None
-        return self.backbone.compiled_step(mode) if mode == "reduce-overhead" else self.backbone.compiled_token_path(mode)
+        return self.backbone.compiled_step(mode) if mode == "reduce-overhead" else self.backbone.compiled_paths(mode)
 
     def __getstate__(self):  # a compiled function does not pickle: workers compile again
         return {**self.__dict__, "_compiled_step": None}
@@ -495,7 +495,7 @@ class ELMURModule(TensorDictModuleBase):
             if compiled is not None and self._compile_mode == "reduce-overhead":  # the whole static step, one graph
                 y, new = compiled(value, state)
             else:  # value and state fields were checked above: the backbone's unchecked step
-                y, new = self.backbone._step(value, state, inplace=self._inplace_steps and no_grad, token_path=compiled)
+                y, new = self.backbone._step(value, state, inplace=self._inplace_steps and no_grad, compiled=compiled)
         feats, _ = self._spec()
         return self._write(td, y.reshape(*shape, -1),
                            {name: t.reshape(*shape, *feats[name][0]) for name, t in new.fields().items()})
