@@ -14,7 +14,7 @@ every candidate once), 1 torch thread by default:
      from ``("next", key)`` to ``key`` by ``step_mdp`` as a rollout does, a new state per step;
    - *GRU TorchRL actor*: the same actor with TorchRL's GRUModule (hidden 128);
    - *ratio*: ELMUR actor / GRU actor; then the same actor with ``compile_step()``
-     (``torch.compile``: the token path on a CPU, the whole step as a CUDA graph on a GPU), and
+     (``torch.compile``: the token path and segment write on a CPU, the whole step as a CUDA graph on a GPU), and
      the backbone's ``inplace=True`` step;
 2. the T-Maze evaluation loop (``tmaze_success_rate``: TorchRL's ``step_and_maybe_reset`` on the
    batched env, ELMUR stepping its state in place as evaluation does) at ``--loop-batch``: ms per

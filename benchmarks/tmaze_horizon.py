@@ -99,7 +99,7 @@ def main() -> None:
     for kind in args.policies:
         actor, train_s = load_or_train(kind, args)
         actor = actor.to(args.device).eval()
-        if args.compile:  # "auto": CUDA graphs on a GPU, the compiled token path on a CPU
+        if args.compile:  # "auto": CUDA graphs on a GPU, the compiled token path and segment write on a CPU
             compile_steps(actor)
         success, seconds = evaluate_lengths(actor, args.corridor_lengths, args.eval_episodes, seed=args.seed + 10_000,
                                             name=kind, device=args.device, skip_at_chance=2 if args.skip else 0)
