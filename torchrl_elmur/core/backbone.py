@@ -37,10 +37,12 @@ from .state import CACHE_KEY, CACHE_OUTPUT, CACHE_VALUE, ELMURState, layer_cache
 
 class CompiledPaths(NamedTuple):
     """The compiled parts of a step that :meth:`ELMURBackbone._step` runs instead of the eager
-    ones (:meth:`ELMURBackbone.compiled_paths`): the token path (every row, every step) and the
+    ones (:meth:`ELMURBackbone.compiled_paths`): the token path (every row, every step; used by
+    in-place steps), the token path with the write into a new cache (the other steps) and the
     segment write of the rows whose segment completes (every K steps)."""
 
     token_path: Callable
+    token_write: Callable
     segment_write: Callable
 
 
@@ -270,6 +272,22 @@ class ELMURBackbone(nn.Module):
         entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
         return self.final_norm(h), entry
 
+    def _token_write(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor,
+                     step: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`_token_path` and the write of its entry into a new cache: the part of a step
+        that is not in place that every row does at every step (one graph when compiled).
+
+        Returns:
+            ``(y [B, D], next cache, p [B], done [B])``: ``p = step % K`` and whether this token
+            completes its row's segment.
+        """
+        K = self.config.segment_len
+        p = step % K  # [B]: this token's slot in the segment
+        y, entry = self._token_path(x, memory, memory_time, cache, step, p)
+        cache = cache.clone()  # the next cache: the input's plus this token at slot p
+        cache[torch.arange(x.shape[0], device=x.device), :, p] = entry
+        return y, cache, p, p == K - 1
+
     def _segment_write(self, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
                        p: Tensor) -> tuple[Tensor, Tensor]:
         """The memory commit of ``b`` rows whose segment the current token completes (what
@@ -288,20 +306,20 @@ class ELMURBackbone(nn.Module):
               compiled: CompiledPaths | None = None) -> tuple[Tensor, ELMURState]:
         """:meth:`step` without its input checks: ``x [B, token_size]`` and a validated state of
         layout ``"cache"`` (for callers that checked both, e.g. :class:`~torchrl_elmur.ELMURModule`).
-        ``compiled``: the compiled token path and segment write (:meth:`compiled_paths`), else the
+        ``compiled``: the compiled token path, token write and segment write (:meth:`compiled_paths`), else the
         eager ones."""
         self._start_call(1)
         K = self.config.segment_len
         B = x.shape[0]
-        token_path, segment_write = compiled or (self._token_path, self._segment_write)
+        token_path, token_write, segment_write = compiled or (self._token_path, self._token_write, self._segment_write)
         memory, memory_time, cache, step = state.memory, state.memory_time, state.cache, state.step
-        p = step % K  # [B]: this token's slot in the segment
-        y, entry = token_path(x, memory, memory_time, cache, step, p)
-        if not inplace:  # the next cache: the input's plus this token at slot p
-            cache = cache.clone()
-        cache[torch.arange(B, device=x.device), :, p] = entry
-
-        done = p == K - 1  # rows whose segment is now complete
+        if inplace:  # this token's entry written into the input's cache at slot p
+            p = step % K
+            y, entry = token_path(x, memory, memory_time, cache, step, p)
+            cache[torch.arange(B, device=x.device), :, p] = entry
+            done = p == K - 1
+        else:  # into a new cache; done: rows whose segment is now complete
+            y, cache, p, done = token_write(x, memory, memory_time, cache, step)
         if static:  # write every row, keep it where done
             mem, time = segment_write(memory, memory_time, cache, step, p)
             memory = torch.where(done[:, None, None, None], mem, memory)
@@ -346,8 +364,8 @@ class ELMURBackbone(nn.Module):
         return step
 
     def compiled_paths(self, mode: str = "default") -> CompiledPaths:
-        """``torch.compile`` of :meth:`_token_path` (fixed shapes per batch size) and of
-        :meth:`_segment_write` (its batch dynamic after a second row count: how many rows complete
+        """``torch.compile`` of :meth:`_token_path` and :meth:`_token_write` (fixed shapes per
+        batch size) and of :meth:`_segment_write` (its batch dynamic after a second row count: how many rows complete
         a segment together varies), to pass as ``compiled`` to :meth:`_step` (what
         :meth:`compiled_step` does for modes other than ``"reduce-overhead"``).
 
@@ -359,7 +377,8 @@ class ELMURBackbone(nn.Module):
             compile_ = functools.partial(torch.compile, options={"cpp_wrapper": True})
         else:
             compile_ = functools.partial(torch.compile, mode=mode)
-        return CompiledPaths(compile_(self._token_path, dynamic=False), compile_(self._segment_write))
+        return CompiledPaths(compile_(self._token_path, dynamic=False), compile_(self._token_write, dynamic=False),
+                             compile_(self._segment_write))
 
     # ------------------------------------------------------------------ sequence path
     def forward(
