@@ -347,10 +347,11 @@ class ELMURBackbone(nn.Module):
 
         - ``mode="reduce-overhead"`` (GPUs: CUDA graphs): the whole static step (``static=True``)
           as one graph, with no host sync.
-        - any other mode (``"default"``: CPUs): the token path (:meth:`_token_path`, every row's
-          work at every step) and the segment write of the rows that complete a segment
-          (:meth:`_segment_write`) compiled (:meth:`compiled_paths`); the cache write and the
-          choice of rows stay eager. ``inplace=True`` is accepted.
+        - any other mode (``"default"``: CPUs): every row's work at every step (the token path
+          with the write into a new cache, :meth:`_token_write`; with ``inplace=True`` the token
+          path, :meth:`_token_path`, and an eager write into the input's cache) and the segment
+          write of the rows that complete a segment (:meth:`_segment_write`) compiled
+          (:meth:`compiled_paths`); the choice of those rows stays eager.
 
         Parameters are inputs of the compiled graphs, not constants: weight updates are seen.
         """
