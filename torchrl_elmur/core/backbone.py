@@ -272,19 +272,22 @@ class ELMURBackbone(nn.Module):
         entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
         return self.final_norm(h), entry
 
-    def _token_write(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor,
-                     step: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """:meth:`_token_path` and the write of its entry into a new cache: the part of a step
-        that is not in place that every row does at every step (one graph when compiled).
+    def _token_write(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
+                     inplace: bool = False, token_path=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`_token_path` (or ``token_path``, e.g. its compiled form) and the write of its
+        entry at slot ``p = step % K`` of the next cache: a new one, or ``cache`` itself with
+        ``inplace``. The part of a step that every row does at every step; compiled as one graph
+        for steps that are not in place (a compiled in-place write could copy the cache back).
 
         Returns:
-            ``(y [B, D], next cache, p [B], done [B])``: ``p = step % K`` and whether this token
-            completes its row's segment.
+            ``(y [B, D], next cache, p [B], done [B])``: ``done``: whether this token completes its
+            row's segment.
         """
         K = self.config.segment_len
         p = step % K  # [B]: this token's slot in the segment
-        y, entry = self._token_path(x, memory, memory_time, cache, step, p)
-        cache = cache.clone()  # the next cache: the input's plus this token at slot p
+        y, entry = (token_path or self._token_path)(x, memory, memory_time, cache, step, p)
+        if not inplace:
+            cache = cache.clone()
         cache[torch.arange(x.shape[0], device=x.device), :, p] = entry
         return y, cache, p, p == K - 1
 
@@ -306,19 +309,14 @@ class ELMURBackbone(nn.Module):
               compiled: CompiledPaths | None = None) -> tuple[Tensor, ELMURState]:
         """:meth:`step` without its input checks: ``x [B, token_size]`` and a validated state of
         layout ``"cache"`` (for callers that checked both, e.g. :class:`~torchrl_elmur.ELMURModule`).
-        ``compiled``: the compiled token path, token write and segment write (:meth:`compiled_paths`), else the
-        eager ones."""
+        ``compiled``: the compiled token path, token write and segment write
+        (:meth:`compiled_paths`), else the eager ones."""
         self._start_call(1)
-        K = self.config.segment_len
-        B = x.shape[0]
         token_path, token_write, segment_write = compiled or (self._token_path, self._token_write, self._segment_write)
         memory, memory_time, cache, step = state.memory, state.memory_time, state.cache, state.step
-        if inplace:  # this token's entry written into the input's cache at slot p
-            p = step % K
-            y, entry = token_path(x, memory, memory_time, cache, step, p)
-            cache[torch.arange(B, device=x.device), :, p] = entry
-            done = p == K - 1
-        else:  # into a new cache; done: rows whose segment is now complete
+        if inplace:  # the (compiled) token path, its entry written eagerly into the input's cache
+            y, cache, p, done = self._token_write(x, memory, memory_time, cache, step, True, token_path)
+        else:
             y, cache, p, done = token_write(x, memory, memory_time, cache, step)
         if static:  # write every row, keep it where done
             mem, time = segment_write(memory, memory_time, cache, step, p)
@@ -366,8 +364,8 @@ class ELMURBackbone(nn.Module):
 
     def compiled_paths(self, mode: str = "default") -> CompiledPaths:
         """``torch.compile`` of :meth:`_token_path` and :meth:`_token_write` (fixed shapes per
-        batch size) and of :meth:`_segment_write` (its batch dynamic after a second row count: how many rows complete
-        a segment together varies), to pass as ``compiled`` to :meth:`_step` (what
+        batch size) and of :meth:`_segment_write` (its batch dynamic after a second row count: how
+        many rows complete a segment together varies), to pass as ``compiled`` to :meth:`_step` (what
         :meth:`compiled_step` does for modes other than ``"reduce-overhead"``).
 
         ``mode="default"`` with the weights on a CPU compiles with inductor's C++ wrapper

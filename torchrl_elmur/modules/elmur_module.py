@@ -341,9 +341,9 @@ class ELMURModule(TensorDictModuleBase):
         ``mode``: ``"auto"`` (the default) is ``"reduce-overhead"`` when the weights are on a GPU
         (the whole sync-free step as one CUDA graph; it computes the segment write for every row
         at every step, the price of having no data-dependent branch) and ``"default"`` otherwise
-        (the token path and the segment write compiled, with inductor's C++ wrapper: on a CPU it
-        cuts the per-step op overhead, ``benchmarks/step_cost.py``); any ``torch.compile`` mode; ``None`` switches back
-        to eager. Used only without autograd (inference, collection); with autograd on, and in
+        (the backbone's :meth:`~ELMURBackbone.compiled_paths`, with inductor's C++ wrapper: on a
+        CPU it cuts the per-step op overhead, ``benchmarks/step_cost.py``); any ``torch.compile``
+        mode; ``None`` switches back to eager. Used only without autograd (inference, collection); with autograd on, and in
         recurrent mode, the eager paths run. Compilation happens on the first calls, once per
         batch size (tens of seconds on a CPU).
 
@@ -361,7 +361,7 @@ class ELMURModule(TensorDictModuleBase):
 
     def _compile(self, mode: str | None):
         """The compiled callable of ``mode``: the whole static step for ``"reduce-overhead"`` (CUDA
-        graphs), else the compiled token path and segment write that the backbone's unchecked
+        graphs), else the backbone's :meth:`~ELMURBackbone.compiled_paths`, which its unchecked
         step runs (the module has checked its inputs already); None for eager."""
         if mode is None:
             return None
