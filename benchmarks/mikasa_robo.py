@@ -33,7 +33,7 @@ from common import grouped_bars, suite_errors, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_mikasa_dataset, make_offline_replay_buffer  # noqa: E402
-from torchrl_elmur.data.mikasa_dataset import EVAL_SEED, oracle_eval_success  # noqa: E402
+from torchrl_elmur.data.mikasa_dataset import EVAL_SEED, check_cues_per_layout, oracle_eval_success  # noqa: E402
 from torchrl_elmur.envs.mikasa_env import (MIKASA_TASKS, episode_length, mikasa_task, num_colours,  # noqa: E402
                                            render_device_error)
 from torchrl_elmur.modules import PixelEncoder  # noqa: E402
@@ -87,10 +87,10 @@ def check(args: Args) -> str | None:
     if not args.decision_weight > 0:
         return f"--decision-weight must be > 0, received {args.decision_weight}"
     for task in args.tasks:
-        cues = min(args.cues_per_layout, num_colours(task) or 1)
-        if args.episodes % cues:
-            return (f"--episodes ({args.episodes}) must be a multiple of the cues per layout of {task} ({cues}; "
-                    f"--cues-per-layout {args.cues_per_layout})")
+        try:  # before any episode is recorded
+            check_cues_per_layout(task, args.episodes, cues_per_layout(task, args))
+        except ValueError as err:
+            return f"--episodes / --cues-per-layout: {err}"
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         return f"--device: expected cpu or cuda (with a GPU), received {args.device!r}"
     if args.image_size < 36:
@@ -146,7 +146,7 @@ DECISION_STEPS = 3  # RememberColor: the first steps of the reach, the only ones
 def step_weights(task: str, decision_weight: float) -> torch.Tensor | None:
     """Per-step BC loss weights ``[T]``: ``decision_weight`` on RememberColor's first
     :data:`DECISION_STEPS` reach steps, 1 elsewhere; None when all would be 1."""
-    if decision_weight == 1.0 or not task.startswith("RememberColor"):
+    if decision_weight == 1.0 or not num_colours(task):
         return None
     w = torch.ones(episode_length(task))
     w[CUE_STEPS:CUE_STEPS + DECISION_STEPS] = decision_weight
@@ -165,7 +165,7 @@ def cue_effect(actor, data, task: str, pairs: int = 50) -> dict:
     T = episode_length(task)
     n = data.shape[0] // T
     k = min(pairs, n // 2)
-    if not task.startswith("RememberColor") or k < 1:
+    if not num_colours(task) or k < 1:
         return {}
     episodes = data.reshape(n, T)
     reach = slice(CUE_STEPS, CUE_STEPS + 10)
@@ -183,7 +183,13 @@ def cue_effect(actor, data, task: str, pairs: int = 50) -> dict:
 
 def chance(task: str) -> float:
     """Success of a policy that picks one cube uniformly (RememberColor); TakeItBack has no such guess."""
-    return 1.0 / int(task.removeprefix("RememberColor")[0]) if task.startswith("RememberColor") else 0.0
+    colours = num_colours(task)
+    return 1.0 / colours if colours else 0.0
+
+
+def cues_per_layout(task: str, args: Args) -> int:
+    """``--cues-per-layout`` for ``task``: at most its number of colours, 1 without a cue (TakeItBack)."""
+    return min(args.cues_per_layout, num_colours(task) or 1)
 
 
 def oracles(args: Args) -> None:
@@ -217,7 +223,7 @@ def main() -> None:
     for task in args.tasks:
         data = main_first(ctx, lambda: make_mikasa_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
             task, args.episodes, seed=args.seed, image_size=args.image_size, workers=args.workers, cache_dir=args.cache,
-            progress=args.progress and ctx.is_main, cues_per_layout=min(args.cues_per_layout, num_colours(task) or 1)))
+            progress=args.progress and ctx.is_main, cues_per_layout=cues_per_layout(task, args)))
         if ctx.is_main:
             table[task] = {"oracle": oracle_eval_success(task, args.eval_episodes), "chance": chance(task)}
         for memory in args.policies:
