@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey, unravel_key, unravel_key_list
 from torch import Tensor
@@ -399,11 +399,11 @@ class ELMURModule(TensorDictModuleBase):
         value = td.get(key, None)
         if value is None:
             raise KeyError(f"ELMURModule: input key {key!r} not found in the tensordict (keys: {list(td.keys(True, True))}).")
-        expected = (*td.batch_size, self.config.token_size)
-        if value.is_floating_point() and value.dtype != self.dtype and _autocast_dtype(value) == value.dtype:
-            value = value.to(self.dtype)  # an encoder's output under torch.autocast: the state keeps the model's dtype
-        if not value.is_floating_point() or value.dtype != self.dtype:
-            raise ValueError(f"ELMURModule: {key!r} must have dtype {self.dtype}, received {value.dtype}.")
+        expected, dtype = (*td.batch_size, self.config.token_size), self.dtype
+        if value.dtype != dtype:
+            if not (value.is_floating_point() and _autocast_dtype(value) == value.dtype):
+                raise ValueError(f"ELMURModule: {key!r} must have dtype {dtype}, received {value.dtype}.")
+            value = value.to(dtype)  # an encoder's output under torch.autocast: the state keeps the model's dtype
         if tuple(value.shape) != expected:
             raise ValueError(
                 f"ELMURModule: {key!r} must have shape [*batch, F] = {list(expected)}, received {list(value.shape)}."
@@ -466,11 +466,11 @@ class ELMURModule(TensorDictModuleBase):
                              for name, t in tensors.items()})
 
     def _write(self, td: TensorDictBase, output: Tensor, fields: dict[str, Tensor]) -> TensorDictBase:
+        """The output and, per next state key, one TensorDict of its ``fields`` ``[*batch, *feature]``
+        (one write per key instead of one per field)."""
         td.set(self.out_keys[0], output)
         for _, next_key, names in self._spec()[1]:
-            prefix = next_key if isinstance(next_key, tuple) else (next_key,)
-            for name in names:
-                td.set((*prefix, name), fields[name])
+            td.set(next_key, TensorDict({name: fields[name] for name in names}, batch_size=td.batch_size))
         return td
 
     # ------------------------------------------------------------------ forward
