@@ -1,4 +1,4 @@
-"""The faster paths equal the eager reference: the one-query step attention, the fused (SDPA)
+"""The faster paths equal the eager reference: the one-query step attention and memory read, the fused (SDPA)
 sequence attention, the compiled CPU step, in-place module steps in evaluation loops, and bf16
 autocast within a stated tolerance."""
 import math
@@ -9,7 +9,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import step_mdp
 
 from torchrl_elmur import ELMURConfig, ELMURModule, inplace_steps, window_recompute
-from torchrl_elmur.core.attention import RelativeSelfAttention, relative_geometry, split_heads
+from torchrl_elmur.core.attention import RelativeSelfAttention, TimeGapCrossAttention, relative_geometry, split_heads
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,6 +70,28 @@ class TestAttention:
             want = naive_attention(self.att, q[b:b + 1, None], keys, values, self.u, self.v, torch.tensor([p[b]]),
                                    torch.arange(n), torch.ones(1, n, dtype=torch.bool))
             torch.testing.assert_close(got[b], want[0, 0], rtol=0, atol=1e-12)
+
+
+def test_one_query_memory_read_equals_the_formula_and_the_fused_path():
+    """TimeGapCrossAttention with one query per row (the step's memory read, no attention kernel):
+    softmax_j(q_h . k_hj / sqrt(d) + table[clip(gap_j) + G - 1, h]) v_hj, written out per row and
+    head; and the same as that query's row of a two-query call (the fused SDPA path)."""
+    torch.manual_seed(0)
+    att = TimeGapCrossAttention(8, 2, 0.0, out_bias=True).double().eval()
+    table = torch.randn(5, 2, dtype=torch.float64)  # G = 3: gaps clipped to [-2, 2]
+    queries, keys = torch.randn(2, 2, 8, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
+    gap = torch.tensor([[[0, 1, 7]], [[-5, 2, 1]]]).expand(2, 2, 3)  # [B, n, S]; 7 and -5 are clipped
+    got = att(queries[:, :1], keys, gap[:, :1], table)  # [B, 1, D]
+    out = torch.zeros(2, 2, 4, dtype=torch.float64)
+    for b in range(2):
+        k, v = att.kv(keys[b]).chunk(2, -1)
+        q = att.q(queries[b, 0])
+        for h in range(2):
+            hs = slice(4 * h, 4 * h + 4)
+            scores = torch.stack([q[hs] @ k[j, hs] / 2.0 + table[int(gap[b, 0, j].clamp(-2, 2)) + 2, h] for j in range(3)])
+            out[b, h] = (torch.softmax(scores, 0)[:, None] * v[:, hs]).sum(0)
+    torch.testing.assert_close(got, att.out(out.reshape(2, 1, 8)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got, att(queries, keys, gap, table)[:, :1], rtol=0, atol=1e-12)
 
 
 def module_rollout(module, x, is_init, inplace):
