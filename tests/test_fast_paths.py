@@ -1,6 +1,6 @@
-"""The faster paths equal the eager reference: the one-query step attention and memory read, the fused (SDPA)
-sequence attention, the compiled CPU step, in-place module steps in evaluation loops, and bf16
-autocast within a stated tolerance."""
+"""The faster paths equal the eager reference: the one-query step attention and memory read,
+the fused (SDPA) sequence attention, the compiled CPU step, in-place module steps in evaluation
+loops, and bf16 autocast within a stated tolerance."""
 import math
 
 import pytest
