@@ -154,8 +154,8 @@ def mikasa_success(policy: TensorDictModuleBase, task: str, episodes: int, *, im
     try:
         outcomes = episode_outcomes(policy, env, per_worker, max_steps=per_worker * episode_length(task) + 1,
                                     progress=progress, desc=desc)
-    finally:
-        env.close()
+    finally:  # a worker that failed to start has closed it already: keep that error, not a second one
+        env.close(raise_if_closed=False)
         torch.set_num_threads(threads)
     # episode k of worker w has seed EVAL_SEED + w + k * workers: order by seed
     return outcomes.T.reshape(-1)[:episodes]
