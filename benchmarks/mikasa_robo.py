@@ -33,7 +33,8 @@ from common import grouped_bars, suite_errors, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
 from torchrl_elmur.data import make_mikasa_dataset, make_offline_replay_buffer  # noqa: E402
-from torchrl_elmur.data.mikasa_dataset import EVAL_SEED, check_cues_per_layout, oracle_eval_success  # noqa: E402
+from torchrl_elmur.data.mikasa_dataset import (EVAL_SEED, check_action_noise, check_cues_per_layout,  # noqa: E402
+                                               oracle_eval_success)
 from torchrl_elmur.envs.mikasa_env import (MIKASA_TASKS, episode_length, mikasa_task, num_colours,  # noqa: E402
                                            render_device_error)
 from torchrl_elmur.modules import PixelEncoder  # noqa: E402
@@ -61,6 +62,7 @@ class Args:
     episodes: int = 200  # oracle episodes per task in the dataset (paper: 1000)
     decision_weight: float = 1.0  # RememberColor: BC loss weight of the first DECISION_STEPS steps of the reach (where the action picks the cube)
     cues_per_layout: int = 1  # RememberColor: play each layout with this many cue colours (episodes that differ only in the cue)
+    action_noise: float = 0.0  # RememberColor: DART-style noise (std) on the executed reach (steps 10-29) while recording; the labels stay the oracle's
     image_size: int = 64  # camera resolution (paper: 128)
     proprio: bool = False  # give the policies joints and TCP pose besides the pixels (paper: pixels only)
     steps: int = 400  # optimizer steps per policy
@@ -91,6 +93,10 @@ def check(args: Args) -> str | None:
             check_cues_per_layout(task, args.episodes, cues_per_layout(task, args))
         except ValueError as err:
             return f"--episodes / --cues-per-layout: {err}"
+        try:
+            check_action_noise(task, args.action_noise)
+        except ValueError as err:
+            return f"--action-noise: {err}"
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         return f"--device: expected cpu or cuda (with a GPU), received {args.device!r}"
     if args.image_size < 36:
@@ -223,7 +229,8 @@ def main() -> None:
     for task in args.tasks:
         data = main_first(ctx, lambda: make_mikasa_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
             task, args.episodes, seed=args.seed, image_size=args.image_size, workers=args.workers, cache_dir=args.cache,
-            progress=args.progress and ctx.is_main, cues_per_layout=cues_per_layout(task, args)))
+            progress=args.progress and ctx.is_main, cues_per_layout=cues_per_layout(task, args),
+            action_noise=args.action_noise))
         if ctx.is_main:
             table[task] = {"oracle": oracle_eval_success(task, args.eval_episodes), "chance": chance(task)}
         for memory in args.policies:
@@ -241,6 +248,8 @@ def main() -> None:
         return shutdown(ctx)
     columns = ["oracle", *args.policies, "chance"]
     cues_note = f" (each layout with {args.cues_per_layout} cue colours)" if args.cues_per_layout > 1 else ""
+    if args.action_noise:
+        cues_note += f", reach recorded with action noise {args.action_noise:g}"
     if args.decision_weight != 1.0:
         cues_note += f", loss weight {args.decision_weight:g} on the first {DECISION_STEPS} reach steps"
     header = (f"MIKASA-Robo BC from pixels ({args.image_size}x{args.image_size}, 2 cameras{', + proprio' if args.proprio else ''}): "
@@ -255,7 +264,7 @@ def main() -> None:
                  ylabel="success rate (success_once)", marks={t: table[t]["chance"] for t in table},
                  title="MIKASA-Robo, behaviour cloning from pixels (dotted: one guess among the colours)")
     result = json.dumps({"benchmark": "mikasa_robo", "tasks": table, "rows": rows, "preset": args.preset,
-                         "episodes": args.episodes, "cues_per_layout": args.cues_per_layout, "decision_weight": args.decision_weight, "image_size": args.image_size, "proprio": args.proprio,
+                         "episodes": args.episodes, "cues_per_layout": args.cues_per_layout, "action_noise": args.action_noise, "decision_weight": args.decision_weight, "image_size": args.image_size, "proprio": args.proprio,
                          "world_size": ctx.world_size})
     (out / "mikasa_robo.json").write_text(result + "\n")
     print(f"wrote {out / 'mikasa_robo.csv'}, .md, .png, .json")

@@ -172,6 +172,42 @@ def test_dataset_plays_each_layout_with_every_cue():
 
 
 @needs_render
+def test_action_noise_moves_the_arm_but_keeps_the_oracles_labels():
+    """action_noise (DART-style): the same seed with and without noise is the same episode up to the
+    first noisy step (10); from the next frame on the arm is elsewhere; the stored action at step 10
+    (same state in both) is the oracle's clean one, not the executed noisy one."""
+    from torchrl_elmur.data.mikasa_dataset import NOISE_STEPS, play_mikasa_episodes
+
+    clean, noisy = (play_mikasa_episodes("RememberColor3-v0", 1, seed=4, image_size=SIZE, progress=False,
+                                         action_noise=sigma) for sigma in (0.0, 0.3))
+    first = NOISE_STEPS[0]
+    assert torch.equal(clean["proprio"][:first + 1], noisy["proprio"][:first + 1])
+    assert torch.equal(clean["action"][:first + 1], noisy["action"][:first + 1])  # step 10: the clean label
+    assert (clean["proprio"][first + 1:first + 5, -7:-4] - noisy["proprio"][first + 1:first + 5, -7:-4]).abs().max() > 1e-3
+    assert not torch.equal(clean["action"][first + 1:], noisy["action"][first + 1:])  # labels of other states
+    assert noisy["pixels"].dtype == torch.uint8 and noisy.batch_size == clean.batch_size == (60,)
+
+
+def test_action_noise_errors_name_the_value():
+    import sys
+    from pathlib import Path
+
+    from torchrl_elmur.data import make_mikasa_dataset
+
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.3"):
+        with pytest.raises(ValueError, match="action_noise must be a finite float >= 0"):
+            make_mikasa_dataset("RememberColor3-v0", 2, action_noise=bad, cache_dir=None)
+    with pytest.raises(ValueError, match="action_noise must be 0 for TakeItBack-v0: .* received 0.3"):
+        make_mikasa_dataset("TakeItBack-v0", 2, action_noise=0.3, cache_dir=None)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import mikasa_robo as mr
+
+    assert mr.check(mr.Args(action_noise=-1.0)).startswith("--action-noise: action_noise must be a finite float")
+    assert mr.check(mr.Args(tasks=["TakeItBack-v0"], action_noise=0.3)).startswith("--action-noise: action_noise must be 0")
+    assert mr.check(mr.Args(action_noise=0.3)) is None
+
+
+@needs_render
 def test_elmur_policy_through_a_collector_replays_exactly():
     """A TorchRL Collector streams a pixel ELMUR policy through the env (state carried by the primer); the
     collected actions come back in recurrent mode over the whole rollout."""

@@ -12,6 +12,11 @@ Episode ``i`` is played from seed ``seed + i``; evaluation uses seeds from :data
 ``cues_per_layout = c > 1`` (RememberColor) plays every seed's layout ``c`` times, with its own
 cue colour and ``c - 1`` others (all of them when ``c`` is the number of colours): episodes that
 differ only in the cue, so the reach cannot be fitted from the layout alone.
+``action_noise = sigma > 0`` (RememberColor, DART-style): during the reach (steps
+:data:`NOISE_STEPS`) the env executes the oracle's action plus Gaussian noise on its position
+dims, while ``action`` stores the oracle's clean action at the state actually visited. The arm's
+path then no longer gives the target away frame by frame (behaviour cloning's copycat shortcut)
+and the data show how to come back from a wrong direction.
 Rendering is the cost (about 8 steps/s per process on this project's 2-core CPU, either image
 size): ``workers`` processes play disjoint seed ranges.
 """
@@ -35,6 +40,34 @@ from .storage import EVAL_SEED, cached_dataset
 FORMAT_VERSION = 1  # bump when the stored format or the oracles change
 STEP_KEYS = ("pixels", "proprio")
 NEXT_KEYS = ("reward", "done", "terminated", "truncated", "success", "success_once")
+NOISE_STEPS = (10, 30)  # RememberColor: the steps whose executed action gets ``action_noise`` (after the cue's 10, the reach)
+
+
+def perturb(action: torch.Tensor, sigma: float, generator: torch.Generator, dims: int = 3) -> torch.Tensor:
+    """``action`` with ``N(0, sigma^2)`` noise added to its first ``dims`` entries (the end-effector
+    position deltas of ``pd_ee_delta_pos``), clipped to ``[-1, 1]``; the rest (the gripper) unchanged.
+
+    Examples:
+        >>> a = torch.tensor([0.5, -0.2, 0.0, 1.0])
+        >>> torch.equal(perturb(a, 0.0, torch.Generator()), a)
+        True
+        >>> b = perturb(torch.tensor([0.9, 0.0, 0.0, 1.0]), 10.0, torch.Generator().manual_seed(0))
+        >>> bool(b[:3].abs().max() <= 1), float(b[3])
+        (True, 1.0)
+    """
+    noisy = action.clone()
+    noisy[:dims] = (action[:dims] + sigma * torch.randn(dims, generator=generator)).clamp(-1.0, 1.0)
+    return noisy
+
+
+def check_action_noise(task: str, action_noise: float) -> None:
+    """``action_noise`` is a finite float >= 0, and 0 unless ``task`` is a RememberColor task."""
+    if isinstance(action_noise, bool) or not isinstance(action_noise, (int, float)) or not 0 <= action_noise < float("inf"):
+        raise ValueError(f"action_noise must be a finite float >= 0 (the noise's standard deviation), "
+                         f"received {action_noise!r}.")
+    if action_noise and not num_colours(task):
+        raise ValueError(f"action_noise must be 0 for {task}: it is defined for RememberColor's reach "
+                         f"(steps {NOISE_STEPS[0]}-{NOISE_STEPS[1] - 1}) only, received {action_noise!r}.")
 
 
 def layout_cues(drawn: int, colours: int, cues_per_layout: int, seed: int) -> list[int | None]:
@@ -67,13 +100,16 @@ def check_cues_per_layout(task: str, num_episodes: int, cues_per_layout: int) ->
 
 def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_size: int = 64, obs_mode: str = "rgb",
                          terminate_on_success: bool = False, progress: bool = True, report=None,
-                         cues_per_layout: int = 1) -> TensorDict:
+                         cues_per_layout: int = 1, action_noise: float = 0.0) -> TensorDict:
     """Play ``num_episodes`` oracle episodes of ``task`` (seeds ``seed, seed + 1, ...``) in one process.
 
     Args:
         cues_per_layout: RememberColor: play each seed's layout with this many cue colours
             (:func:`layout_cues`): ``num_episodes / cues_per_layout`` layouts (seeds), episode ids
             ``layout_seed * cues_per_layout + j``. Must divide ``num_episodes``.
+        action_noise: RememberColor: standard deviation of the noise on the executed reach
+            (:func:`perturb`, steps :data:`NOISE_STEPS`; drawn from a generator seeded with the
+            episode id, so the data do not depend on ``workers``); ``action`` stays the oracle's.
         obs_mode: ``"rgb"`` records ``pixels`` and ``proprio``; ``"state"`` renders nothing (fast:
             the oracle's own success rate) and records ``state``.
         terminate_on_success: end each episode at its first success.
@@ -85,20 +121,24 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
     from ..envs.mikasa_oracles import make_oracle
 
     check_cues_per_layout(task, num_episodes, cues_per_layout)
+    check_action_noise(task, action_noise)
     torch.set_num_threads(1)
     env = ManiSkillEnv(task, image_size=image_size, seed=seed, obs_mode=obs_mode, terminate_on_success=terminate_on_success)
     keys = STEP_KEYS if obs_mode == "rgb" else ("state",)
     oracle = make_oracle(task)
     episodes = []
 
-    def play(cue: int | None) -> TensorDict:
+    def play(cue: int | None, episode: int) -> TensorDict:
         td = env.reset(None if cue is None else TensorDict({"cue": torch.tensor(cue)}, []))
         oracle.reset(env.raw.unwrapped)
+        generator = torch.Generator().manual_seed(episode)
         steps = []
         while True:
-            td.set("action", oracle(env.raw.unwrapped))
+            label = oracle(env.raw.unwrapped)
+            noisy = action_noise and NOISE_STEPS[0] <= len(steps) < NOISE_STEPS[1]
+            td.set("action", perturb(label, action_noise, generator) if noisy else label)
             td = env.step(td)
-            steps.append(td.select(*keys, "action", *[("next", k) for k in NEXT_KEYS]))
+            steps.append(td.select(*keys, *[("next", k) for k in NEXT_KEYS]).set("action", label))
             td = step_mdp(td)
             if bool(steps[-1]["next", "done"]):
                 break
@@ -115,8 +155,9 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
                     cues = layout_cues(int(env.raw.unwrapped.true_color_indices.reshape(-1)[0]), num_colours(task),
                                        cues_per_layout, seed + layout)
                 env.set_seed(seed + layout)
-                rows = play(cues[j])
-                rows.set("episode", torch.full((len(rows),), (seed + layout) * cues_per_layout + j, dtype=torch.int64))
+                episode = (seed + layout) * cues_per_layout + j
+                rows = play(cues[j], episode)
+                rows.set("episode", torch.full((len(rows),), episode, dtype=torch.int64))
                 episodes.append(rows)
                 bar.update(1)
                 if report is not None:
@@ -127,21 +168,21 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
     return torch.cat(episodes)
 
 
-def _play_shard(task: str, count: int, seed: int, image_size: int, cues: int, done_queue) -> TensorDict:
+def _play_shard(task: str, count: int, seed: int, image_size: int, cues: int, noise: float, done_queue) -> TensorDict:
     return play_mikasa_episodes(task, count, seed, image_size=image_size, progress=False, report=done_queue.put,
-                                cues_per_layout=cues)
+                                cues_per_layout=cues, action_noise=noise)
 
 
 def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, image_size: int = 64, workers: int = 1,
                         cache_dir: str | Path | None = "outputs/cache/mikasa", progress: bool = True,
-                        cues_per_layout: int = 1) -> TensorDict:
+                        cues_per_layout: int = 1, action_noise: float = 0.0) -> TensorDict:
     """Oracle episodes of a MIKASA-Robo task, stored in a ``LazyMemmapStorage`` under ``cache_dir``.
 
     Built once per (task, episodes, seed, image size, cues per layout, format); later calls load
     the memory-mapped copy. ``workers > 1`` plays contiguous seed ranges in that many processes
     (spawned). ``cache_dir=None``: build in memory, store nothing. ``cues_per_layout``: see
     :func:`play_mikasa_episodes` (``num_episodes`` counts every episode, layouts are
-    ``num_episodes / cues_per_layout`` seeds).
+    ``num_episodes / cues_per_layout`` seeds); ``action_noise``: see :func:`play_mikasa_episodes`.
 
     Returns:
         the flat TensorDict ``[N]`` of the module docstring, ``N = num_episodes * episode length``.
@@ -151,6 +192,7 @@ def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, im
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"make_mikasa_dataset: {name} must be an int >= {low}, received {value!r}.")
     check_cues_per_layout(task, num_episodes, cues_per_layout)
+    check_action_noise(task, action_noise)
     layouts = num_episodes // cues_per_layout
     if seed + layouts > EVAL_SEED:
         raise ValueError(f"make_mikasa_dataset: seed + layouts must be <= {EVAL_SEED} (evaluation seeds start "
@@ -159,27 +201,29 @@ def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, im
     name = f"{task}_{num_episodes}_{seed}_{image_size}px"
     if cues_per_layout > 1:  # (absent when 1: the caches built before the option stay valid)
         meta["cues_per_layout"], name = cues_per_layout, f"{name}_{cues_per_layout}cues"
+    if action_noise:  # (likewise)
+        meta["action_noise"], name = float(action_noise), f"{name}_noise{action_noise:g}"
     folder = None if cache_dir is None else Path(cache_dir) / name
     start = time.perf_counter()
     return cached_dataset(folder, meta, lambda: _build(task, num_episodes, seed, image_size, workers, progress,
-                                                       cues_per_layout),
+                                                       cues_per_layout, float(action_noise)),
                           extra=lambda data: {"oracle_success": oracle_success(data),
                                               "build_seconds": time.perf_counter() - start})
 
 
 def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: int, progress: bool,
-           cues: int) -> TensorDict:
+           cues: int, noise: float) -> TensorDict:
     layouts = num_episodes // cues
     workers = min(workers, layouts)
     if workers == 1:
         return play_mikasa_episodes(task, num_episodes, seed, image_size=image_size, progress=progress,
-                                    cues_per_layout=cues)
+                                    cues_per_layout=cues, action_noise=noise)
     bounds = [round(i * layouts / workers) for i in range(workers + 1)]  # layouts per worker
     context = mp.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         done_queue = manager.Queue()  # one item per finished episode, from every worker
         futures = [pool.submit(_play_shard, task, (bounds[i + 1] - bounds[i]) * cues, seed + bounds[i], image_size,
-                               cues, done_queue)
+                               cues, noise, done_queue)
                    for i in range(workers)]
         with tqdm(total=num_episodes, desc=f"{task} episodes ({workers} processes)", disable=not progress,
                   dynamic_ncols=True) as bar:
