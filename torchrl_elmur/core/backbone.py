@@ -306,15 +306,17 @@ class ELMURBackbone(nn.Module):
         return self.commit_segment(memory, memory_time, outs, seg_stamp)
 
     def _step(self, x: Tensor, state: ELMURState, static: bool = False, inplace: bool = False,
-              compiled: CompiledPaths | None = None) -> tuple[Tensor, ELMURState]:
+              compiled: CompiledPaths | None = None, own_cache: bool = False) -> tuple[Tensor, ELMURState]:
         """:meth:`step` without its input checks: ``x [B, token_size]`` and a validated state of
         layout ``"cache"`` (for callers that checked both, e.g. :class:`~torchrl_elmur.ELMURModule`).
         ``compiled``: the compiled token path, token write and segment write
-        (:meth:`compiled_paths`), else the eager ones."""
+        (:meth:`compiled_paths`), else the eager ones. ``own_cache``: the caller owns
+        ``state.cache`` (a derived cache, see :class:`~torchrl_elmur.ELMURModule`): it is written in
+        place and returned, while memory, stamps and step are new tensors, as without ``inplace``."""
         self._start_call(1)
         token_path, token_write, segment_write = compiled or (self._token_path, self._token_write, self._segment_write)
         memory, memory_time, cache, step = state.memory, state.memory_time, state.cache, state.step
-        if inplace:  # the (compiled) token path, its entry written eagerly into the input's cache
+        if inplace or own_cache:  # the (compiled) token path, its entry written eagerly into the input's cache
             y, cache, p, done = self._token_write(x, memory, memory_time, cache, step, True, token_path)
         else:
             y, cache, p, done = token_write(x, memory, memory_time, cache, step)
@@ -329,7 +331,8 @@ class ELMURBackbone(nn.Module):
                 if inplace:
                     memory.copy_(mem), memory_time.copy_(time), cache.zero_()
                 else:
-                    memory, memory_time, cache = mem, time, torch.zeros_like(cache)
+                    memory, memory_time = mem, time
+                    cache = cache.zero_() if own_cache else torch.zeros_like(cache)
             else:  # write the done rows only
                 rows = done.nonzero().squeeze(-1)
                 mem, time = segment_write(memory[rows], memory_time[rows], cache[rows], step[rows], p[rows])
@@ -338,6 +341,28 @@ class ELMURBackbone(nn.Module):
                 memory_time = index_copy(memory_time, 0, rows, time)
                 cache[rows] = 0.0  # the next segment starts with an empty cache
         return y, ELMURState(memory, memory_time, cache, step.add_(1) if inplace else step + 1)
+
+    def cache_from_tokens(self, state: ELMURState) -> Tensor:
+        """The segment cache ``[B, H, K, L, 3, d]`` (layout ``"cache"``) that continues ``state``, a
+        state of layout ``"tokens"``: its ``p = step % K`` stored tokens run from the segment's start
+        (the memory is frozen inside a segment, so no commit happens). Equal to the cache the
+        streaming path would have built step by step, to float rounding.
+
+        Examples:
+            >>> net = ELMURBackbone(ELMURConfig(d_model=8, num_heads=2, segment_len=4)).eval()
+            >>> x = torch.randn(2, 6, 8)
+            >>> _, cached = net(x, net.initial_state(2, "cache"))
+            >>> _, compact = net(x, net.initial_state(2, "tokens"))
+            >>> torch.allclose(net.cache_from_tokens(compact), cached.cache, atol=1e-6)
+            True
+        """
+        K = self.config.segment_len
+        p = state.step % K
+        start = ELMURState(state.memory, state.memory_time, torch.zeros(state.tokens.shape[0], *ELMURState.field_specs(
+            self.config, self.dtype)["cache"][0], dtype=state.memory.dtype, device=state.memory.device), state.step - p)
+        if K == 1:  # no earlier tokens in a segment of one
+            return start.cache
+        return self.forward(state.tokens, start, lengths=p)[1].cache
 
     def compiled_step(self, mode: str = "reduce-overhead"):
         """A ``torch.compile``-d :meth:`step`: call it like :meth:`step` (state layout ``"cache"``).

@@ -16,6 +16,7 @@ from torchrl.modules import recurrent_mode as _global_recurrent_mode
 
 from ..core import ELMURBackbone, ELMURConfig, ELMURState
 from ..core.state import check_layout, check_tensor
+from .segment_cache import SegmentCache
 from .trajectories import trajectory_layout
 
 DEFAULT_STATE_KEY = "recurrent_state"  # as GRUModule's
@@ -216,6 +217,7 @@ class ELMURModule(TensorDictModuleBase):
         self._recurrent_mode = default_recurrent_mode
         self._compiled_step = None
         self._inplace_steps = False  # set by inplace_steps()
+        self._segment_cache = SegmentCache(self.backbone)  # the derived cache of "tokens" steps (never stored)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -367,12 +369,13 @@ class ELMURModule(TensorDictModuleBase):
             return None
         return self.backbone.compiled_step(mode) if mode == "reduce-overhead" else self.backbone.compiled_paths(mode)
 
-    def __getstate__(self):  # a compiled function does not pickle: workers compile again
-        return {**self.__dict__, "_compiled_step": None}
+    def __getstate__(self):  # a compiled function does not pickle (workers compile again), nor does the derived cache
+        return {**self.__dict__, "_compiled_step": None, "_segment_cache": None}
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
         self._compiled_step = self._compile(self._compile_mode)
+        self._segment_cache = SegmentCache(self.backbone)
 
     # ------------------------------------------------------------------ recurrent mode
     @property
@@ -483,10 +486,13 @@ class ELMURModule(TensorDictModuleBase):
         shape = td.batch_size
         flat = td if td.ndim == 1 else td.reshape(-1)  # [N]
         value, is_init = self._value(flat), self._is_init(flat)
-        state = self._to_state(self._state_tensors(flat), flat.shape[0], value.device)  # fields checked there
+        incoming = self._to_state(self._state_tensors(flat), flat.shape[0], value.device)  # fields checked there
+        state = incoming
         if bool(is_init.any()):  # reset those rows to the fresh (all zeros) state
             state = state.map(lambda t: torch.where(is_init.view(-1, *([1] * (t.ndim - 1))), torch.zeros_like(t), t))
-        if self.state_layout == "tokens":  # the segment so far is recomputed from its tokens
+        if self.state_layout == "tokens" and not torch.is_grad_enabled():  # one token's work: the derived cache
+            y, new = self._derived_step(value, incoming, state)
+        elif self.state_layout == "tokens":  # with autograd: the segment so far recomputed from its tokens, in the graph
             y, new = self.backbone(value.unsqueeze(1), state)
             y = y[:, 0]
         else:
@@ -499,6 +505,24 @@ class ELMURModule(TensorDictModuleBase):
         feats, _ = self._spec()
         return self._write(td, y.reshape(*shape, -1),
                            {name: t.reshape(*shape, *feats[name][0]) for name, t in new.fields().items()})
+
+    def _derived_step(self, value: Tensor, incoming: ELMURState, state: ELMURState) -> tuple[Tensor, ELMURState]:
+        """A step of a ``"tokens"`` state at the cost of a ``"cache"`` step: the segment's keys,
+        values and outputs come from the module's derived cache (:class:`SegmentCache`, rebuilt from
+        the tokens where it does not continue ``incoming``), and the next state stores the tokens."""
+        K = self.config.segment_len
+        cache, weights = self._segment_cache.continue_state(incoming, state)
+        y, new = self.backbone._step(value, ELMURState(state.memory, state.memory_time, cache, state.step),
+                                     own_cache=True)
+        tokens = state.tokens
+        if K > 1:  # this token joins the segment's inputs, unless it completed the segment
+            p = state.step % K
+            tokens = tokens.clone()
+            tokens[torch.arange(tokens.shape[0], device=tokens.device), p.clamp(max=K - 2)] = value
+            tokens = tokens.masked_fill((p == K - 1)[:, None, None], 0.0)
+        new = ELMURState(new.memory, new.memory_time, None, new.step, tokens=tokens)
+        self._segment_cache.remember(cache, new, weights)
+        return y, new
 
     def _forward_recurrent(self, td: TensorDictBase) -> TensorDictBase:
         if td.ndim == 0:

@@ -1,0 +1,180 @@
+"""The derived segment cache of the default ("tokens") state: a step costs one token's work, and the
+outputs stay those of the stored state, whatever happens between two calls (stale, missing or
+foreign caches are rebuilt from the stored tokens)."""
+import copy
+import pickle
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs.utils import step_mdp
+from torchrl.modules import set_recurrent_mode
+
+from torchrl_elmur.modules.segment_cache import token_path_slots
+
+from test_module import make_module, step_by_step
+
+K = 3  # make_module's segment length
+
+
+def data(B=3, T=14, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(B, T, 3, generator=g, dtype=torch.float64)
+    is_init = torch.zeros(B, T, 1, dtype=torch.bool)
+    is_init[:, 0] = True
+    for row, t in ((0, 5), (2, 8), (1, 11)):  # resets mid-row, mid-segment
+        if t < T:
+            is_init[row, t] = True
+    return obs, is_init
+
+
+def one_step(module, td):
+    with torch.no_grad():
+        return module(td.clone())
+
+
+def test_steps_equal_recurrent_mode_and_the_cache_layout_with_resets():
+    obs, is_init = data()
+    m = make_module()
+    with torch.no_grad():
+        y_step, _ = step_by_step(m, obs, is_init)
+        y_cache, _ = step_by_step(make_module(state_layout="cache"), obs, is_init)
+    assert m._segment_cache.rebuilt_rows == 0  # a rollout loop continues its own cache: nothing recomputed
+    with set_recurrent_mode(True), torch.no_grad():
+        y_seq = m(TensorDict({"obs": obs, "is_init": is_init}, [3, 14]))["h"]
+    torch.testing.assert_close(y_step, y_seq, rtol=0, atol=1e-10)
+    torch.testing.assert_close(y_step, y_cache, rtol=0, atol=1e-10)
+
+
+def test_with_autograd_the_recompute_path_gives_the_same_outputs():
+    obs, is_init = data()
+    with torch.no_grad():
+        y_derived, _ = step_by_step(make_module(), obs, is_init)
+    y_graph, _ = step_by_step(make_module(), obs, is_init)  # autograd on: the segment recomputed in the graph
+    assert y_graph.requires_grad
+    torch.testing.assert_close(y_graph.detach(), y_derived, rtol=0, atol=1e-10)
+
+
+def test_a_stored_state_mid_segment_continues_exactly():
+    """A state saved at p = 2 (e.g. in a replay buffer), fed again after the module moved on."""
+    obs, is_init = data(T=10)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :5], is_init[:, :5])  # step 5: p = 5 % 3 = 2
+        saved = td.clone()
+        y_next, _ = step_by_step(m, obs[:, 5:9], is_init[:, 5:9], state=td)
+        assert m._segment_cache.rebuilt_rows == 0
+        y_again, _ = step_by_step(m, obs[:, 5:9], is_init[:, 5:9], state=saved)
+    # row 0 is reset at t=5: nothing to rebuild there; rows 1, 2 are rebuilt once from their tokens
+    assert m._segment_cache.rebuilt_rows == 2
+    torch.testing.assert_close(y_again, y_next, rtol=0, atol=1e-12)
+
+
+def test_missing_cache_after_pickle_and_copy_is_rebuilt():
+    obs, is_init = data(T=8)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])  # p = 1
+        expected, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
+        for other in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+            assert other._segment_cache._entry is None
+            got, _ = step_by_step(other, obs[:, 4:], is_init[:, 4:], state=td)
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+            assert other._segment_cache.rebuilt_rows == 3
+
+
+@pytest.mark.parametrize("how", ["data", "shared_copy", "to_module"])
+def test_weight_updates_take_effect_on_the_next_step(how):
+    """Weights written where no version counter sees it (``.data``, as TorchRL's weight updaters and
+    another process's shared-memory writes) or swapped in: the next step uses them for the whole
+    segment, as a module that never saw the old weights does."""
+    obs, is_init = data(T=8)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])  # p = 1: one earlier token in the cache
+        if how == "data":
+            for p in m.parameters():
+                p.data.mul_(1.5)
+        elif how == "shared_copy":  # only one token-path tensor changes, by a little
+            m.backbone.layers[1].ffn[0].weight.data[3, 5] += 1e-3
+        else:
+            TensorDict.from_module(m).apply(lambda t: t * 0.5).to_module(m)
+        fresh = pickle.loads(pickle.dumps(m))  # the new weights, no cache
+        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
+        expected, _ = step_by_step(fresh, obs[:, 4:], is_init[:, 4:], state=td)
+    assert m._segment_cache.rebuilt_rows == 3
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_a_changed_write_path_weight_keeps_the_cache():
+    """The write path reads the cache at the segment's end; it is not stored in it."""
+    obs, is_init = data(T=8)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])
+        m.backbone.layers[0].write.q.weight.data.mul_(2.0)
+        fresh = pickle.loads(pickle.dumps(m))
+        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
+        expected, _ = step_by_step(fresh, obs[:, 4:], is_init[:, 4:], state=td)
+    assert m._segment_cache.rebuilt_rows == 0
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_an_edited_state_row_is_rebuilt(in_place):
+    """An edited copy of the state: only the edited row is rebuilt. The state the module wrote,
+    edited in place (its version counter moves): every row with earlier tokens is."""
+    obs, is_init = data(T=6)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])  # p = 1
+        if not in_place:
+            td = td.clone()
+        td["recurrent_state", "tokens"][1, 0] += 0.5
+        fresh = pickle.loads(pickle.dumps(m))
+        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
+        expected, _ = step_by_step(fresh, obs[:, 4:], is_init[:, 4:], state=td)
+    assert m._segment_cache.rebuilt_rows == (3 if in_place else 1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_inference_mode_steps_equal_no_grad_steps():
+    obs, is_init = data()
+    with torch.no_grad():
+        expected, _ = step_by_step(make_module(), obs, is_init)
+    m = make_module()
+    with torch.inference_mode():
+        got, td = step_by_step(m, obs[:, :7], is_init[:, :7])
+        td["recurrent_state", "tokens"][2, 0] += 0.5  # in place, no version counter: the kept copy tells
+        edited, _ = step_by_step(m, obs[:, 7:8], is_init[:, 7:8], state=td)
+    assert m._segment_cache.rebuilt_rows == 1
+    torch.testing.assert_close(got, expected[:, :7], rtol=0, atol=1e-12)
+    assert not torch.allclose(edited[2, 0], expected[2, 7])
+    torch.testing.assert_close(edited[:2, 0], expected[:2, 7], rtol=0, atol=1e-12)
+
+
+def test_another_batch_size_and_dtype_start_a_new_cache():
+    obs, is_init = data(B=3, T=8)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])
+        expected, _ = step_by_step(pickle.loads(pickle.dumps(m)), obs[:2, 4:], is_init[:2, 4:], state=td[:2])
+        got, _ = step_by_step(m, obs[:2, 4:], is_init[:2, 4:], state=td[:2])
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        m.float()
+        td32 = td.apply(lambda t: t.float() if t.is_floating_point() else t)
+        expected32, _ = step_by_step(pickle.loads(pickle.dumps(m)), obs[:, 4:].float(), is_init[:, 4:], state=td32)
+        got32, _ = step_by_step(m, obs[:, 4:].float(), is_init[:, 4:], state=td32)
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32, expected32, rtol=0, atol=1e-6)
+
+
+def test_the_fingerprint_covers_every_token_path_tensor_and_no_write_path_one():
+    m = make_module()
+    slots = token_path_slots(m.backbone)
+    seen = {id(where[name]) for where, name in slots}
+    names = {n for n, t in [*m.backbone.named_parameters(), *m.backbone.named_buffers()] if id(t) in seen}
+    assert all(".write." not in n and "mem_ffn" not in n and "res_write" not in n and "res_mem_ff" not in n for n in names)
+    for n, _ in m.backbone.named_parameters():
+        written = any(part in n for part in (".write.", "mem_ffn", "res_write", "res_mem_ff"))
+        assert (n in names) != written, n

@@ -1,0 +1,167 @@
+"""The derived segment cache of a compact (``"tokens"``) ELMUR state: never stored, rebuilt when stale.
+
+Glossary: N rows (environments), K segment length, L layers, H heads, d = D / H,
+p = position in the current segment (``step % K``).
+
+A state of layout ``"tokens"`` keeps the current segment's earlier *inputs* (``(K-1) F`` numbers
+per row); stepping it from those alone recomputes the segment so far at every step (up to K tokens
+of work). The keys, values and layer outputs of those earlier tokens (the ``"cache"`` layout,
+``3 K L D`` numbers per row) are a function of the state and of the weights, so the module can keep
+them for itself instead of storing them: :class:`SegmentCache` holds the cache that continues the
+last state the module wrote, and a step reuses it for every row whose incoming state is that state
+and whose weights have not changed since; other rows with ``p > 0`` are rebuilt from their tokens
+(:meth:`~torchrl_elmur.core.ELMURBackbone.cache_from_tokens`), which is what the tokens layout
+computes anyway. The outputs are therefore the tokens layout's, to float rounding, whatever
+happens between two calls: a state from a replay buffer or another process, rows reset by
+``is_init``, another batch size, a weight update.
+
+How a row is known to continue the last written state (cheapest first):
+
+1. the incoming tensors are the ones the module wrote (same storage) and their version counters
+   have not moved (no in-place write since): the usual case of a rollout loop;
+2. else, row by row, the incoming fields equal the written ones (one comparison per field); if
+   the written tensors were edited in place, no row is reused. (Under ``torch.inference_mode``
+   tensors have no version counter: the module keeps a copy of the written state to compare.)
+
+Weights: a fingerprint of the token path's weights (the norm of every parameter and buffer it
+reads, :func:`token_path_slots`, :func:`token_path_fingerprint`), compared at every step. Version counters are not enough:
+TorchRL's multi-process collectors write new weights into shared memory from another process,
+and ``tensor.data`` writes bypass them; a norm changes with any real update. (A change that keeps
+every tensor's norm to the bit, such as a permutation of a tensor's entries, is not seen.)
+
+The cache never leaves the module: it is dropped on pickling and copying, so collector workers
+start with none and build their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..core import ELMURBackbone, ELMURState
+
+
+def token_path_slots(backbone: ELMURBackbone) -> list[tuple[dict, str]]:
+    """Where the tensors that a step's token path reads live, as ``(module._parameters or
+    module._buffers, name)``: the input projection, the Transformer-XL biases, the initial memory,
+    the final norm and every layer's self-attention, memory read, feed-forward net, their norms and
+    the time-gap table. The write path (write attention, memory FFN) is left out: it reads the
+    cache, it is not stored in it. Looked up through the dicts at every step, so that tensors
+    swapped in later (``TensorDict.to_module``) are the ones read."""
+    modules: list[nn.Module] = [backbone, backbone.in_proj, backbone.final_norm]
+    for layer in backbone.layers:
+        modules += [layer, layer.self_attn, layer.read, layer.ffn, layer.res_self, layer.res_read, layer.res_ff]
+    direct = {backbone: ("u", "v", "memory_init"), **{layer: ("gap_bias",) for layer in backbone.layers}}
+    slots = []
+    for module in modules:
+        if module in direct:
+            slots += [(module._parameters if name in module._parameters else module._buffers, name)
+                      for name in direct[module]]
+        else:
+            for sub in module.modules():
+                slots += [(sub._parameters, name) for name in sub._parameters]
+                slots += [(sub._buffers, name) for name in sub._buffers]
+    return [(where, name) for where, name in slots if where[name] is not None]  # bias=False registers None
+
+
+def token_path_fingerprint(tensors: list[Tensor]) -> Tensor:
+    """The norm of every tensor ``[len(tensors)]``, in float64 (call it without autograd).
+
+    Examples:
+        >>> token_path_fingerprint([torch.ones(4), torch.zeros(2, 2)]).tolist()
+        [2.0, 0.0]
+    """
+    return torch.stack(torch._foreach_norm(tensors)).double()
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """``a`` views the same data as ``b`` (storage, shape, strides)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+def rows_equal(a: ELMURState, b: ELMURState) -> Tensor:
+    """Bool ``[N]``: True where every field of row ``n`` of ``a`` equals that of ``b`` (same layout, N).
+
+    Examples:
+        >>> from torchrl_elmur.core import ELMURConfig
+        >>> a = ELMURState.zeros(ELMURConfig(d_model=4, num_heads=2, segment_len=3), 3, layout="tokens")
+        >>> b = a.map(torch.clone)
+        >>> b.tokens[1, 0, 2] = 1.0
+        >>> rows_equal(a, b).tolist()
+        [True, False, True]
+    """
+    equal = a.step == b.step
+    for name in ("memory_time", "memory", a.layout):
+        equal = equal & (getattr(a, name) == getattr(b, name)).flatten(1).all(1)
+    return equal
+
+
+@dataclass
+class _Entry:
+    cache: Tensor  # [N, H, K, L, 3, d], written in place by the steps that continue it
+    state: ELMURState  # the tokens-layout state it continues: the module's last written next state
+    weights: Tensor  # token_path_fingerprint when it was last used
+    versions: tuple[int, ...] | None  # the state fields' version counters (None: inference tensors, kept as copies)
+
+    def state_unchanged(self) -> bool:
+        """No in-place write into the written state since (it is in the caller's tensordict)."""
+        return self.versions is None or self.versions == tuple(t._version for t in self.state.fields().values())
+
+
+class SegmentCache:
+    """The derived cache of one :class:`~torchrl_elmur.ELMURModule` (see the module docstring).
+
+    Args:
+        backbone: the module's backbone.
+
+    :meth:`continue_state` returns a cache ``[N, H, K, L, 3, d]`` valid for an incoming state
+    (before ``is_init`` resets; rows at ``p = 0``, reset rows among them, need no earlier token);
+    :meth:`remember` keeps it with the next state after the step wrote into it.
+    """
+
+    def __init__(self, backbone: ELMURBackbone) -> None:
+        self.backbone = backbone
+        self._slots = token_path_slots(backbone)
+        self._entry: _Entry | None = None
+        self.rebuilt_rows = 0  # rows rebuilt from their tokens so far (for tests and benchmarks)
+
+    def clear(self) -> None:
+        self._entry = None
+
+    def continue_state(self, incoming: ELMURState, state: ELMURState) -> tuple[Tensor, Tensor]:
+        """The cache for ``state`` (the incoming state after ``is_init`` resets) and the weights'
+        fingerprint; ``incoming``: the state as read from the tensordict (before the resets)."""
+        backbone, entry = self.backbone, self._entry
+        K = backbone.config.segment_len
+        weights = token_path_fingerprint([where[name] for where, name in self._slots])
+        n, like = state.memory.shape[0], state.memory
+        shape = (n, *backbone.initial_state(0, "cache").cache.shape[1:])
+        if (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
+                or entry.cache.device != like.device or entry.weights.device != weights.device):
+            cache, reuse = like.new_zeros(shape), torch.zeros(n, dtype=torch.bool, device=like.device)
+        else:
+            cache = entry.cache
+            if not entry.state_unchanged():  # rows of the written state edited in place: which ones is unknown
+                reuse = torch.zeros(n, dtype=torch.bool, device=like.device)
+            elif entry.versions is not None and all(
+                    _same_tensor(a, b) for a, b in zip(incoming.fields().values(), entry.state.fields().values())):
+                reuse = torch.ones(n, dtype=torch.bool, device=like.device)
+            else:
+                reuse = rows_equal(incoming, entry.state)
+            reuse = reuse & (weights == entry.weights).all()
+        stale = (state.step % K > 0) & ~reuse  # rows whose earlier tokens are missing from the cache
+        if bool(stale.any()):  # the step's one host sync
+            rows = stale.nonzero().squeeze(-1)
+            cache[rows] = backbone.cache_from_tokens(state.map(lambda t: t[rows]))
+            self.rebuilt_rows += int(rows.numel())
+        return cache, weights
+
+    def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor) -> None:
+        """Keep ``cache`` (already stepped) as the one that continues ``next_state`` (the fields as
+        written into the tensordict)."""
+        fields = next_state.fields().values()
+        if any(t.is_inference() for t in fields):  # no version counters: keep a copy to compare with
+            self._entry = _Entry(cache, next_state.map(torch.clone), weights, None)
+        else:
+            self._entry = _Entry(cache, next_state, weights, tuple(t._version for t in fields))
