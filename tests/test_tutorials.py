@@ -66,6 +66,8 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
     [
         ("benchmarks/step_cost.py", ["--rounds", "1", "--batches", "2", "--no-compile", "--loop-batch", "2",
                                      "--loop-corridor", "3"], "step_cost"),
+        ("benchmarks/dropin_cost.py", ["--rounds", "1", "--batches", "2", "--steps", "3", "--no-compile", "--window", "4"],
+         "dropin_cost"),
         ("benchmarks/throughput.py", ["--repeats", "1", "--batches", "2", "--segment-lens", "3", "--train-batch", "2",
                                       "--train-len", "4"], "throughput"),
         ("benchmarks/collector_throughput.py", ["--frames-per-batch", "8", "--batches", "1"], "collector_throughput"),

@@ -86,7 +86,7 @@ class Args:
     segment_len: int = 16  # ELMUR K
     memory_slots: int = 4  # ELMUR M
     num_layers: int = 2  # ELMUR L
-    state_layout: Literal["cache", "tokens"] = "cache"  # ELMUR's recurrent state: keys/values (faster steps) or inputs (fewer bytes)
+    state_layout: Literal["tokens", "cache"] = "tokens"  # ELMUR's stored state: the segment's inputs (ELMURModule's default) or its keys/values (opt-in, more bytes)
     keep_state: Literal["row-starts", "all"] = "row-starts"  # stored batch: states at row starts only, or at every step
     eval_episodes: int = 100  # greedy evaluation episodes on seeds EVAL_SEED + i (0: none)
     out: str = "outputs/online_ppo"  # curves (CSV, PNG), checkpoints, wandb

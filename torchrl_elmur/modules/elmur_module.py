@@ -105,17 +105,21 @@ class ELMURModule(TensorDictModuleBase):
     ``h, c`` layout: ``in_keys=[value, k1, k2]``) split the state into the memory
     (``memory, memory_time``) and the current segment (``tokens`` or ``cache``, ``step``).
 
-    ``state_layout`` trades storage for compute, with the same outputs (to float rounding):
-    ``"tokens"`` keeps the segment's inputs, and each step recomputes the segment so far
-    (<= K tokens of work); ``"cache"`` keeps keys, values and outputs, and each step does one
-    token's work, for 4.9x the bytes at T-Maze size (D = F = 128, L = 2, K = 10, M = 2: 6.7 KB
-    against 32.8 KB per state; a collected or stored transition holds the state twice, at the
-    root and under ``"next"``). Measured on this project's 2-core CPU (``benchmarks/README.md``):
-    at T-Maze size a Collector runs at 0.89-1.06x the cache layout's frames/s with ``"tokens"``;
-    with MIKASA's 256-slot memory, which dominates both layouts, at 0.68-0.78x; a backbone step at
-    batch 100 costs 5x. Evaluation loops that store nothing can switch to ``"cache"``
-    (:func:`set_state_layout`) and step the state in place (:func:`inplace_steps`: no copy of
-    the cache per step); :meth:`compile_step` compiles the cache-layout step.
+    ``state_layout`` says what the stored state holds of the current segment, with the same
+    outputs either way (to float rounding): ``"tokens"`` (default) its inputs, ``"cache"`` their
+    keys, values and layer outputs, for 4.9x the bytes at T-Maze size (D = F = 128, L = 2, K = 10,
+    M = 2: 6.7 KB against 32.8 KB per state; a collected or stored transition holds the state
+    twice, at the root and under ``"next"``). Without autograd (collectors, evaluation) a
+    ``"tokens"`` step costs one token's work as a ``"cache"`` step does: the module keeps the
+    segment's keys, values and outputs for itself, a derived cache that is never stored
+    (:class:`~torchrl_elmur.modules.segment_cache.SegmentCache`). It is reused for the rows whose
+    incoming state is the one the module wrote last, with the same token-path weights, and
+    rebuilt from the stored tokens for any other row (a state from a replay buffer or another
+    process, after a weight update, after pickling): outputs never depend on what happened
+    between two calls. With autograd on, a step recomputes the segment so far from its tokens in
+    the graph (<= K tokens of work), so that gradients reach the earlier tokens. ``"cache"``
+    remains for compiled steps (:meth:`compile_step`) and in-place evaluation
+    (:func:`inplace_steps`, :func:`set_state_layout`).
 
     Args:
         input_size: width F of the value (projected to ``hidden_size`` if it differs).
@@ -131,7 +135,8 @@ class ELMURModule(TensorDictModuleBase):
             or ``[output, ("next", state key), ...]``.
         state_key: the state key used with ``in_key`` (default ``"recurrent_state"``); give an
             actor and a critic in one tensordict different keys.
-        state_layout: ``"tokens"`` (default) or ``"cache"``, see above.
+        state_layout: ``"tokens"`` (default: the compact state, stepped through the derived cache)
+            or ``"cache"``, see above.
         device: where the weights are created.
         default_recurrent_mode: recurrent mode when no :func:`torchrl.modules.set_recurrent_mode`
             context is active (default ``False``: step mode).
