@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import platform
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,22 @@ def best_of(fn: Callable[[], object], repeats: int, device: str | torch.device, 
         sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def medians_ms(candidates: dict[str, tuple[Callable[[], None], int]], rounds: int, device: str) -> dict[str, float]:
+    """Median ms per step of each ``(run, steps)`` over ``rounds`` rounds; every round times every
+    candidate once, in turn (so a slow moment of a shared machine hits all of them alike)."""
+    for run, _ in candidates.values():  # warm-up (and compilation)
+        run()
+    times = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, (run, steps) in candidates.items():
+            sync(device)
+            t0 = time.perf_counter()
+            run()
+            sync(device)
+            times[name].append(1e3 * (time.perf_counter() - t0) / steps)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def machine(device: str | torch.device) -> str:

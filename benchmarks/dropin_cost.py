@@ -8,8 +8,9 @@ rounds, 1 torch thread by default. Candidates (input 64 -> width 128 unless flag
 - ``GRUModule(input_size=64, hidden_size=128)`` and ``LSTMModule(...)``: TorchRL's, defaults;
 - ``ELMURModule(input_size=64, hidden_size=128)``: **the default**, eager (stores the compact
   ``"tokens"`` state; steps through its derived segment cache);
+- the default with ``compile_step()`` (``torch.compile``, opt-in; compiles once per batch size);
 - ``state_layout="cache"``: the opt-in layout that stores the segment cache (eager), and the
-  same with ``compile_steps`` (``torch.compile``, opt-in; compiles once per batch size);
+  same with ``compile_steps``;
 - a windowed transformer peer: CleanRL ``ppo_trxl``-style, same width, depth and heads, a D -> D
   feed-forward net, attending over the last ``--window`` layer inputs it caches (plain torch, no
   TensorDict: its best case).
@@ -27,7 +28,6 @@ Writes ``<out>/dropin_cost.csv`` and ``dropin_cost.md`` and ends with one JSON l
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torchrl.envs.utils import step_mdp
 from torchrl.modules import GRUModule, LSTMModule
 
-from common import format_table, machine, state_bytes_per_env, write_csv
+from common import format_table, machine, medians_ms, state_bytes_per_env, write_csv
 
 from torchrl_elmur import ELMURModule, compile_steps
 from torchrl_elmur.core.cost import elmur_step_macs, rnn_step_macs
@@ -129,19 +129,6 @@ def peer_steps(peer: WindowedTransformer, batch: int, steps: int, input_size: in
     return run
 
 
-def medians_ms(candidates: dict[str, Callable[[], None]], steps: int, rounds: int) -> dict[str, float]:
-    """Median ms per step of each candidate; every round times every candidate once, in turn."""
-    for run in candidates.values():  # warm-up (and compilation)
-        run()
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, run in candidates.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(1e3 * (time.perf_counter() - t0) / steps)
-    return {name: statistics.median(v) for name, v in times.items()}
-
-
 def make_candidates(args: Args) -> dict[str, dict]:
     """name -> ``{"module" or "peer", "bytes", "macs"}``, constructed as a user would."""
     F, D = args.input_size, args.hidden_size
@@ -157,6 +144,8 @@ def make_candidates(args: Args) -> dict[str, dict]:
         "ELMURModule state_layout='cache' (eager)": dict(module=cache, macs=elmur_step_macs(cache.config)),
     }
     if args.compile:
+        compact = ELMURModule(input_size=F, hidden_size=D, **keys).compile_step()
+        cands["ELMURModule (default layout), compile_step()"] = dict(module=compact, macs=elmur_step_macs(compact.config))
         compiled = compile_steps(ELMURModule(input_size=F, hidden_size=D, **keys))
         cands["ELMURModule state_layout='cache', compile_steps"] = dict(module=compiled, macs=elmur_step_macs(compiled.config))
     for c in cands.values():
@@ -183,7 +172,7 @@ def main() -> None:
         t0 = time.perf_counter()
         runs = {name: (peer_steps(c["peer"], batch, args.steps, args.input_size) if "peer" in c
                        else module_steps(c["module"], batch, args.steps, args.input_size)) for name, c in cands.items()}
-        ms = medians_ms(runs, args.steps, args.rounds)
+        ms = medians_ms({name: (run, args.steps) for name, run in runs.items()}, args.rounds, "cpu")
         for row in rows:
             row[f"ms_{batch}"] = ms[row["path"]]
             row[f"x_{batch}"] = ms[row["path"]] / ms["GRUModule"]

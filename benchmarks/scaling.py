@@ -114,9 +114,8 @@ def training_row(args: Args, memory: str, procs: int) -> dict:
 def collection_row(args: Args, memory: str, workers: int) -> dict:
     """The online PPO tutorial's actor + critic and its collector (``--collector distributed``)."""
     import online_ppo
-    from tensordict.nn import TensorDictSequential
 
-    from torchrl_elmur.training.policies import make_actor_critic
+    from torchrl_elmur.training.policies import make_actor_critic, rollout_policy
 
     torch.set_num_threads(1)
     frames = workers * args.envs_per_worker * args.rollout
@@ -124,8 +123,9 @@ def collection_row(args: Args, memory: str, workers: int) -> dict:
                           rollout=args.rollout, frames=frames * (args.batches + 1))
     torch.manual_seed(0)
     actor, critic = make_actor_critic(memory, 4, 4, width=ppo.width, state_layout=ppo.state_layout,
-                                      config=online_ppo.elmur_config(ppo) if memory == "elmur" else None)
-    collector = online_ppo.make_collector(ppo, TensorDictSequential(actor, critic), seed=0)
+                                      config=online_ppo.elmur_config(ppo) if memory == "elmur" else None,
+                                      shared_trunk=ppo.shared_trunk)
+    collector = online_ppo.make_collector(ppo, rollout_policy(actor, critic), seed=0)
     try:
         it = iter(collector)
         next(it)  # warm-up

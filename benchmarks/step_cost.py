@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -50,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tutorials"))
 import offline_bc  # noqa: E402  (the tutorial's actor)
-from common import best_of, format_table, grouped_bars, machine, sync, write_csv  # noqa: E402
+from common import best_of, format_table, grouped_bars, machine, medians_ms, sync, write_csv  # noqa: E402
 
 from torchrl_elmur import ELMURBackbone, ELMURConfig, ELMURModule, compile_steps, window_recompute  # noqa: E402
 from torchrl_elmur.envs.tmaze_rules import OBS_DIM  # noqa: E402
@@ -131,22 +130,6 @@ def backbone_steps(net: ELMURBackbone, batch: int, steps: int, device: str, star
         for t in range(steps):
             _, s = step_fn(x[:, t], s)
     return run
-
-
-def medians_ms(candidates: dict[str, tuple[Callable[[], None], int]], rounds: int, device: str) -> dict[str, float]:
-    """Median ms per step of each ``(run, steps)`` over ``rounds`` rounds; every round times every
-    candidate once, in turn (so a slow moment of a shared machine hits all of them alike)."""
-    for run, _ in candidates.values():  # warm-up (and compilation)
-        run()
-    times = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, (run, steps) in candidates.items():
-            sync(device)
-            t0 = time.perf_counter()
-            run()
-            sync(device)
-            times[name].append(1e3 * (time.perf_counter() - t0) / steps)
-    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def step_path_ms(net: ELMURBackbone, batch: int, start_step: int, repeats: int, device: str, step_fn=None) -> float:

@@ -217,28 +217,30 @@ class TestParity:
         for key in state_fields(layout):  # ("next", state) at the row end is the real final state
             torch.testing.assert_close(seq[nxt(key)][:, -1], last[key], rtol=0, atol=1e-10)
 
-    def test_compiled_step_mode_equals_eager(self):
+    @pytest.mark.parametrize("layout", ["cache", "tokens"])
+    def test_compiled_step_mode_equals_eager(self, layout):
         """compile_step (torch.compile of the sync-free step; inductor on CPU) gives the eager
-        outputs with resets mid-stream, and survives pickling (collector workers) by compiling
+        outputs with resets mid-stream, with either state layout (the default steps its derived
+        cache through the compiled paths), and survives pickling (collector workers) by compiling
         again."""
         import pickle
 
-        m = make_module(state_layout="cache")
+        m = make_module(state_layout=layout)
         obs = torch.randn(3, 8, 3, dtype=torch.float64)
         is_init = torch.zeros(3, 8, 1, dtype=torch.bool)
         is_init[:, 0] = True
         is_init[1, 4] = True
         with torch.no_grad():
             y_eager, last_eager = step_by_step(m, obs, is_init)
-            compiled = pickle.loads(pickle.dumps(make_module(state_layout="cache").compile_step("default")))
+            compiled = pickle.loads(pickle.dumps(make_module(state_layout=layout).compile_step("default")))
             assert compiled._compiled_step is not None
             y_compiled, last_compiled = step_by_step(compiled, obs, is_init)
         torch.testing.assert_close(y_compiled, y_eager, rtol=0, atol=1e-10)
-        for key in state_fields("cache"):
+        for key in state_fields(layout):
             torch.testing.assert_close(last_compiled[key], last_eager[key], rtol=0, atol=1e-10)
         assert make_module().compile_step(None)._compiled_step is None
-        with pytest.raises(ValueError, match="compiled step needs state_layout='cache'"):
-            make_module().compile_step()
+        with pytest.raises(ValueError, match="mode 'reduce-overhead' .* needs state_layout='cache', received 'tokens'"):
+            make_module().compile_step("reduce-overhead")
 
     def test_packed_batch_equals_separate_trajectories(self):
         """A row holding several trajectories (mid-row is_init) == each trajectory run alone."""

@@ -102,8 +102,9 @@ def test_row_start_states_errors():
         stored[0]
 
 
-@pytest.mark.parametrize("policy, collector", [("elmur", "multisync"), ("lstm", "multisync"), ("elmur", "distributed")])
-def test_tutorial_checks_the_replay_at_every_update(policy, collector, tmp_path):
+@pytest.mark.parametrize("policy, collector, shared", [("elmur", "multisync", False), ("lstm", "multisync", False),
+                                                       ("elmur", "distributed", False), ("elmur", "multisync", True)])
+def test_tutorial_checks_the_replay_at_every_update(policy, collector, shared, tmp_path):
     """Each update of the tutorial's loop replays its whole batch before the first step (online_ppo.train
     raises above 1e-4): two updates, the second from states carried over from the first batch and
     collected by worker processes with the weights of the first update (pushed through shared memory:
@@ -111,7 +112,8 @@ def test_tutorial_checks_the_replay_at_every_update(policy, collector, tmp_path)
     replay differ by 6e-4 and growing)."""
     args = online_ppo.Args(policy=policy, frames=2 * 4 * T, num_workers=2, envs_per_worker=2, rollout=T, epochs=1,
                            minibatch_rows=2, width=16, segment_len=5, memory_slots=2, eval_episodes=4,
-                           wandb="disabled", out=str(tmp_path), progress=False, collector=collector)
+                           wandb="disabled", out=str(tmp_path), progress=False, collector=collector,
+                           shared_trunk=shared)
     result = online_ppo.train(policy, 0, args, progress=False)
     assert len(result["curve"]) == 2 and result["max_replay_error"] < 1e-4  # float32 log-probs
     first = result["curve"][0]

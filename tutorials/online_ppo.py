@@ -9,7 +9,8 @@ state stored at each row's start.
 The script reads top to bottom:
   1. Args        : every knob, declared once (`--help` lists them with their defaults)
   2. the policy  : encoder -> memory (ELMURModule | GRUModule | LSTMModule | none) -> heads;
-                   actor and critic each with their own trunk and state key (actor_rs, critic_rs)
+                   one trunk shared by actor and critic (state key shared_rs: one memory step per env
+                   step), or one each with --no-shared-trunk (actor_rs, critic_rs)
   3. collection  : TorchRL's MultiSyncCollector (or DistributedCollector): --num-workers processes,
                    each stepping its envs with a copy of actor + critic (weights pushed after every update);
                    frames_per_batch = envs x --rollout: one [envs, T] batch of rows
@@ -39,7 +40,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tensordict.nn import TensorDictSequential
 from torchrl.collectors import MultiSyncCollector
 from torchrl.collectors.distributed import DistributedCollector
 from torchrl.envs import RewardSum, TransformedEnv
@@ -56,7 +56,7 @@ from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
 from torchrl_elmur.training.cli import parse_dataclass
 from torchrl_elmur.training.evaluate import popgym_returns
-from torchrl_elmur.training.policies import MEMORIES, make_actor_critic
+from torchrl_elmur.training.policies import MEMORIES, make_actor_critic, rollout_policy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,6 +86,7 @@ class Args:
     segment_len: int = 16  # ELMUR K
     memory_slots: int = 4  # ELMUR M
     num_layers: int = 2  # ELMUR L
+    shared_trunk: bool = True  # actor and critic share one encoder + memory (one memory step per env step; --no-shared-trunk: one each)
     state_layout: Literal["tokens", "cache"] = "tokens"  # ELMUR's stored state: the segment's inputs (ELMURModule's default) or its keys/values (opt-in, more bytes)
     keep_state: Literal["row-starts", "all"] = "row-starts"  # stored batch: states at row starts only, or at every step
     eval_episodes: int = 100  # greedy evaluation episodes on seeds EVAL_SEED + i (0: none)
@@ -179,8 +180,9 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
     torch.manual_seed(seed)
     obs_size, num_actions = spec_sizes(args.task)
     actor, critic = make_actor_critic(kind, obs_size, num_actions, width=args.width, state_layout=args.state_layout,
-                                      config=elmur_config(args) if kind == "elmur" else None)
-    policy = TensorDictSequential(actor, critic)  # the collector records both states and state_value
+                                      config=elmur_config(args) if kind == "elmur" else None,
+                                      shared_trunk=args.shared_trunk)
+    policy = rollout_policy(actor, critic)  # the collector records the states and state_value (a shared trunk runs once)
     collector = make_collector(args, policy, seed)
     gae = GAE(gamma=args.gamma, lmbda=args.lmbda, value_network=critic, average_gae=True, deactivate_vmap=True)
     loss_module = ClipPPOLoss(actor, critic, clip_epsilon=args.clip, entropy_coeff=args.entropy,

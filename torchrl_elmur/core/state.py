@@ -70,7 +70,9 @@ class ELMURState:
             positions (zeros beyond ``p``). A step recomputes the segment so far from them
             (up to K tokens of work), for ``(K-1) F`` numbers per row: the layout to store, e.g.
             in a replay buffer (at T-Maze size, D = F = 128, L = 2, K = 10: 4.6 KB against the
-            cache's 30.7 KB).
+            cache's 30.7 KB). :class:`~torchrl_elmur.ELMURModule` steps it at a cache step's cost
+            by keeping the cache for itself (its derived segment cache, never stored);
+            :meth:`~torchrl_elmur.core.ELMURBackbone.cache_from_tokens` rebuilds it.
 
     Both layouts continue an episode to the same outputs (to float rounding).
     """

@@ -336,9 +336,9 @@ class ELMURModule(TensorDictModuleBase):
     @state_layout.setter
     def state_layout(self, layout: str) -> None:
         check_layout(layout, "ELMURModule", "state_layout")
-        if layout != "cache" and getattr(self, "_compile_mode", None) is not None:
-            raise ValueError(f"ELMURModule: state_layout={layout!r} with a compiled step: the compiled step needs "
-                             "'cache'; call compile_step(None) first.")
+        if layout != "cache" and getattr(self, "_compile_mode", None) == "reduce-overhead":
+            raise ValueError(f"ELMURModule: state_layout={layout!r} with a compiled step of mode 'reduce-overhead': that "
+                             "step needs 'cache'; call compile_step(None) first, or compile another mode.")
         self._state_layout = layout
 
     # ------------------------------------------------------------------ compiled step mode
@@ -352,16 +352,19 @@ class ELMURModule(TensorDictModuleBase):
         CPU it cuts the per-step op overhead, ``benchmarks/step_cost.py``); any ``torch.compile``
         mode; ``None`` switches back to eager. Used only without autograd (inference, collection); with autograd on, and in
         recurrent mode, the eager paths run. Compilation happens on the first calls, once per
-        batch size (tens of seconds on a CPU).
+        batch size (tens of seconds on a CPU). Modes other than ``"reduce-overhead"`` work with
+        either state layout: a ``"tokens"`` state steps its derived segment cache through the
+        compiled token path and segment write; ``"reduce-overhead"`` needs ``state_layout="cache"``.
 
         Returns:
             ``self``.
         """
-        if mode is not None and self.state_layout != "cache":
-            raise ValueError("ELMURModule.compile_step: the compiled step needs state_layout='cache', received "
-                             f"{self.state_layout!r}: build the module with state_layout='cache' (or set it first).")
         if mode == "auto":
             mode = "reduce-overhead" if self.backbone.memory_init.is_cuda else "default"
+        if mode == "reduce-overhead" and self.state_layout != "cache":
+            raise ValueError("ELMURModule.compile_step: mode 'reduce-overhead' (the whole static step as one graph) needs "
+                             f"state_layout='cache', received {self.state_layout!r}: build the module with "
+                             "state_layout='cache' (or set it first), or compile mode 'default'.")
         self._compile_mode = mode
         self._compiled_step = self._compile(mode)
         return self
@@ -517,8 +520,9 @@ class ELMURModule(TensorDictModuleBase):
         the tokens where it does not continue ``incoming``), and the next state stores the tokens."""
         K = self.config.segment_len
         cache, weights = self._segment_cache.continue_state(incoming, state)
+        compiled = self._compiled_step if self._compile_mode not in (None, "reduce-overhead") else None
         y, new = self.backbone._step(value, ELMURState(state.memory, state.memory_time, cache, state.step),
-                                     own_cache=True)
+                                     own_cache=True, compiled=compiled)
         tokens = state.tokens
         if K > 1:  # this token joins the segment's inputs, unless it completed the segment
             p = state.step % K

@@ -105,23 +105,33 @@ def make_bc_actor(memory: str, obs_size: int, *, num_actions: int | None = None,
 
 
 def make_actor_critic(memory: str, obs_size: int, num_actions: int, *, width: int = 64,
-                      config: ELMURConfig | None = None, state_layout: str = "tokens") -> tuple[ProbabilisticActor, Seq]:
-    """A recurrent PPO actor and critic (discrete actions), each with its own trunk and state key.
+                      config: ELMURConfig | None = None, state_layout: str = "tokens",
+                      shared_trunk: bool = False) -> tuple[ProbabilisticActor, Seq]:
+    """A recurrent PPO actor and critic (discrete actions).
 
-    actor: ``observation`` -> trunk (state ``actor_rs``) -> ``logits`` -> Categorical ``action``
-    with ``action_log_prob`` (sampled by default, greedy under ``ExplorationType.DETERMINISTIC``).
-    critic: ``observation`` -> trunk (state ``critic_rs``) -> ``state_value [*B, 1]``. Only the
-    memory differs between ``memory`` kinds (:data:`MEMORIES`); the heads start small (gain 0.01
-    for the logits, as in common PPO practice) so the first policy is close to uniform.
+    actor: ``observation`` -> trunk -> ``logits`` -> Categorical ``action`` with
+    ``action_log_prob`` (sampled by default, greedy under ``ExplorationType.DETERMINISTIC``).
+    critic: ``observation`` -> trunk -> ``state_value [*B, 1]``. Each has its own trunk and state
+    key (``actor_rs``, ``critic_rs``), or with ``shared_trunk`` both use one trunk (the same
+    modules, state key ``shared_rs``), as CleanRL's ``ppo_trxl`` and TorchRL's PPO examples share a
+    common module: a collector running :func:`rollout_policy` then steps one memory per env step.
+    Only the memory differs between ``memory`` kinds (:data:`MEMORIES`); the heads start small
+    (gain 0.01 for the logits, as in common PPO practice) so the first policy is close to uniform.
 
     Examples:
         >>> actor, critic = make_actor_critic("gru", 4, 3, width=8)
         >>> actor.in_keys, critic.out_keys[-1]
         (['observation', 'actor_rs', 'is_init'], 'state_value')
+        >>> actor, critic = make_actor_critic("gru", 4, 3, width=8, shared_trunk=True)
+        >>> critic.in_keys, actor.module[0][1] is critic[1]
+        (['observation', 'shared_rs', 'is_init'], True)
     """
     kw = dict(width=width, config=config, state_layout=state_layout)
-    actor_trunk, actor_features, out = make_trunk(memory, obs_size, prefix="actor", **kw)
-    critic_trunk, critic_features, _ = make_trunk(memory, obs_size, prefix="critic", **kw)
+    actor_trunk, actor_features, out = make_trunk(memory, obs_size, prefix="shared" if shared_trunk else "actor", **kw)
+    if shared_trunk:
+        critic_trunk, critic_features = actor_trunk, actor_features
+    else:
+        critic_trunk, critic_features, _ = make_trunk(memory, obs_size, prefix="critic", **kw)
     logits = nn.Linear(out, num_actions)
     nn.init.orthogonal_(logits.weight, gain=0.01)
     nn.init.zeros_(logits.bias)
@@ -130,6 +140,23 @@ def make_actor_critic(memory: str, obs_size: int, num_actions: int, *, width: in
                                return_log_prob=True, default_interaction_type=InteractionType.RANDOM)
     critic = Seq(*critic_trunk, ValueOperator(nn.Linear(out, 1), in_keys=[critic_features]))
     return actor, critic
+
+
+def rollout_policy(actor: ProbabilisticActor, critic: Seq) -> Seq:
+    """What a collector runs for :func:`make_actor_critic`'s pair: the actor, then the critic, so
+    that both states and ``state_value`` are recorded; a trunk they share runs once (the critic's
+    head reads the features the actor's trunk wrote).
+
+    Examples:
+        >>> actor, critic = make_actor_critic("gru", 4, 3, width=8, shared_trunk=True)
+        >>> [type(m).__name__ for m in rollout_policy(actor, critic)[1]]
+        ['ValueOperator']
+    """
+    actor_modules, critic_modules = list(actor.module[0]), list(critic)
+    shared = 0
+    while shared < min(len(actor_modules), len(critic_modules)) and actor_modules[shared] is critic_modules[shared]:
+        shared += 1
+    return Seq(actor, Seq(*critic_modules[shared:])) if shared else Seq(actor, critic)
 
 
 class _Scale(nn.Module):
