@@ -66,13 +66,13 @@ def token_path_slots(backbone: ELMURBackbone) -> list[tuple[dict, str]]:
 
 
 def token_path_fingerprint(tensors: list[Tensor]) -> Tensor:
-    """The norm of every tensor ``[len(tensors)]``, in float64 (call it without autograd).
+    """The norm of every tensor ``[len(tensors)]`` (call it without autograd).
 
     Examples:
         >>> token_path_fingerprint([torch.ones(4), torch.zeros(2, 2)]).tolist()
         [2.0, 0.0]
     """
-    return torch.stack(torch._foreach_norm(tensors)).double()
+    return torch.stack(torch._foreach_norm(tensors))
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -123,6 +123,7 @@ class SegmentCache:
     def __init__(self, backbone: ELMURBackbone) -> None:
         self.backbone = backbone
         self._slots = token_path_slots(backbone)
+        self._row_shape = ELMURState.field_specs(backbone.config, layout="cache")["cache"][0]  # [H, K, L, 3, d]
         self._entry: _Entry | None = None
         self.rebuilt_rows = 0  # rows rebuilt from their tokens so far (for tests and benchmarks)
 
@@ -136,7 +137,7 @@ class SegmentCache:
         K = backbone.config.segment_len
         weights = token_path_fingerprint([where[name] for where, name in self._slots])
         n, like = state.memory.shape[0], state.memory
-        shape = (n, *backbone.initial_state(0, "cache").cache.shape[1:])
+        shape = (n, *self._row_shape)
         if (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
                 or entry.cache.device != like.device or entry.weights.device != weights.device):
             cache, reuse = like.new_zeros(shape), torch.zeros(n, dtype=torch.bool, device=like.device)
