@@ -118,8 +118,9 @@ class ELMURModule(TensorDictModuleBase):
     process, after a weight update, after pickling): outputs never depend on what happened
     between two calls. With autograd on, a step recomputes the segment so far from its tokens in
     the graph (<= K tokens of work), so that gradients reach the earlier tokens. ``"cache"``
-    remains for compiled steps (:meth:`compile_step`) and in-place evaluation
-    (:func:`inplace_steps`, :func:`set_state_layout`).
+    remains for in-place evaluation (:func:`inplace_steps`, :func:`set_state_layout`) and for the
+    GPU's whole-step graph (:meth:`compile_step` with ``"reduce-overhead"``); on a CPU
+    :meth:`compile_step` compiles either layout's step.
 
     Args:
         input_size: width F of the value (projected to ``hidden_size`` if it differs).
@@ -557,9 +558,10 @@ class ELMURModule(TensorDictModuleBase):
 
 def compile_steps(module: torch.nn.Module, mode: str | None = "auto") -> torch.nn.Module:
     """Every :class:`ELMURModule` inside ``module`` (a policy) steps through
-    :meth:`ELMURModule.compile_step` with ``mode``, in the cache layout that needs (for inference
-    and evaluation, which store no state; set the layout back to store one). ``mode=None``: eager
-    steps, in the cache layout. Returns ``module``.
+    :meth:`ELMURModule.compile_step` with ``mode``, in the cache layout (for inference and
+    evaluation, which store no state: it steps fastest, also in place under :func:`inplace_steps`,
+    and a GPU's whole-step graph needs it; to store a compact state, call ``compile_step()`` on
+    the modules instead). ``mode=None``: eager steps, in the cache layout. Returns ``module``.
 
     Examples:
         >>> policy = torch.nn.Sequential(ELMURModule(3, 8, num_heads=2, in_key="x", out_key="y"))
