@@ -83,58 +83,73 @@ def test_missing_cache_after_pickle_and_copy_is_rebuilt():
             assert other._segment_cache.rebuilt_rows == 3
 
 
-@pytest.mark.parametrize("how", ["data", "shared_copy", "to_module"])
-def test_weight_updates_take_effect_on_the_next_step(how):
+def continue_after(change, T=8):
+    """Step 4 steps (p = 1: one earlier token in the segment cache), apply ``change(module, td)``
+    (it may return a new tensordict), then continue both the module and a copy of it that never
+    saw the earlier steps (pickled: the weights after the change, no cache). Returns the module
+    and the two outputs."""
+    obs, is_init = data(T=T)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])
+        edited = change(m, td)
+        td = td if edited is None else edited
+        fresh = pickle.loads(pickle.dumps(m))
+        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
+        expected, _ = step_by_step(fresh, obs[:, 4:], is_init[:, 4:], state=td)
+    return m, got, expected
+
+
+def scale_through_data(m, td):
+    for p in m.parameters():
+        p.data.mul_(1.5)
+
+
+def nudge_one_token_path_weight(m, td):  # one entry of one tensor, by a little
+    m.backbone.layers[1].ffn[0].weight.data[3, 5] += 1e-3
+
+
+def swap_in_new_weights(m, td):
+    TensorDict.from_module(m).apply(lambda t: t * 0.5).to_module(m)
+
+
+@pytest.mark.parametrize("change", [scale_through_data, nudge_one_token_path_weight, swap_in_new_weights])
+def test_weight_updates_take_effect_on_the_next_step(change):
     """Weights written where no version counter sees it (``.data``, as TorchRL's weight updaters and
     another process's shared-memory writes) or swapped in: the next step uses them for the whole
     segment, as a module that never saw the old weights does."""
-    obs, is_init = data(T=8)
-    m = make_module()
-    with torch.no_grad():
-        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])  # p = 1: one earlier token in the cache
-        if how == "data":
-            for p in m.parameters():
-                p.data.mul_(1.5)
-        elif how == "shared_copy":  # only one token-path tensor changes, by a little
-            m.backbone.layers[1].ffn[0].weight.data[3, 5] += 1e-3
-        else:
-            TensorDict.from_module(m).apply(lambda t: t * 0.5).to_module(m)
-        fresh = pickle.loads(pickle.dumps(m))  # the new weights, no cache
-        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
-        expected, _ = step_by_step(fresh, obs[:, 4:], is_init[:, 4:], state=td)
+    m, got, expected = continue_after(change)
     assert m._segment_cache.rebuilt_rows == 3
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
+def double_a_write_weight(m, td):
+    m.backbone.layers[0].write.q.weight.data.mul_(2.0)
+
+
 def test_a_changed_write_path_weight_keeps_the_cache():
     """The write path reads the cache at the segment's end; it is not stored in it."""
-    obs, is_init = data(T=8)
-    m = make_module()
-    with torch.no_grad():
-        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])
-        m.backbone.layers[0].write.q.weight.data.mul_(2.0)
-        fresh = pickle.loads(pickle.dumps(m))
-        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
-        expected, _ = step_by_step(fresh, obs[:, 4:], is_init[:, 4:], state=td)
+    m, got, expected = continue_after(double_a_write_weight)
     assert m._segment_cache.rebuilt_rows == 0
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("in_place", [False, True])
-def test_an_edited_state_row_is_rebuilt(in_place):
+def edit_a_copy(m, td):
+    td = td.clone()
+    td["recurrent_state", "tokens"][1, 0] += 0.5
+    return td
+
+
+def edit_in_place(m, td):
+    td["recurrent_state", "tokens"][1, 0] += 0.5
+
+
+@pytest.mark.parametrize("edit, rebuilt", [(edit_a_copy, 1), (edit_in_place, 3)])
+def test_an_edited_state_row_is_rebuilt(edit, rebuilt):
     """An edited copy of the state: only the edited row is rebuilt. The state the module wrote,
     edited in place (its version counter moves): every row with earlier tokens is."""
-    obs, is_init = data(T=6)
-    m = make_module()
-    with torch.no_grad():
-        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])  # p = 1
-        if not in_place:
-            td = td.clone()
-        td["recurrent_state", "tokens"][1, 0] += 0.5
-        fresh = pickle.loads(pickle.dumps(m))
-        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td)
-        expected, _ = step_by_step(fresh, obs[:, 4:], is_init[:, 4:], state=td)
-    assert m._segment_cache.rebuilt_rows == (3 if in_place else 1)
+    m, got, expected = continue_after(edit, T=6)
+    assert m._segment_cache.rebuilt_rows == rebuilt
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
