@@ -193,3 +193,24 @@ def test_the_fingerprint_covers_every_token_path_tensor_and_no_write_path_one():
     for n, _ in m.backbone.named_parameters():
         written = any(part in n for part in (".write.", "mem_ffn", "res_write", "res_mem_ff"))
         assert (n in names) != written, n
+
+
+def test_a_step_that_fails_leaves_no_cache_behind():
+    """The cache is written in place during a step: after a step that raised, the next step
+    rebuilds instead of trusting it."""
+    obs, is_init = data(T=6)
+    m = make_module()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :2], is_init[:, :2])  # p = 2 = K - 1: the next step completes the segment
+        expected, _ = step_by_step(pickle.loads(pickle.dumps(m)), obs[:, 2:3], is_init[:, 2:3], state=td)
+        cache = m._segment_cache
+
+        def fail(*args):  # after the step zeroed the completed segment's cache rows
+            raise RuntimeError("injected")
+        cache.remember = fail
+        with pytest.raises(RuntimeError, match="injected"):
+            step_by_step(m, obs[:, 2:3], is_init[:, 2:3], state=td)
+        del cache.remember
+        got, _ = step_by_step(m, obs[:, 2:3], is_init[:, 2:3], state=td)
+    assert m._segment_cache.rebuilt_rows == 3
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

@@ -134,6 +134,7 @@ class SegmentCache:
         """The cache for ``state`` (the incoming state after ``is_init`` resets) and the weights'
         fingerprint; ``incoming``: the state as read from the tensordict (before the resets)."""
         backbone, entry = self.backbone, self._entry
+        self._entry = None  # the step writes into the cache: until remember(), it continues no state
         K = backbone.config.segment_len
         weights = token_path_fingerprint([where[name] for where, name in self._slots])
         n, like = state.memory.shape[0], state.memory
