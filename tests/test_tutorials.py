@@ -47,6 +47,10 @@ def test_offline_bc_smoke(tmp_path, mode):
         assert all(0.0 <= v <= 1.0 for v in result[p]["success"].values())
         assert result[p]["train_seconds"] > 0
         assert result[p]["selected_step"] in (2, 3)  # probes after steps 2 and 3 (the last)
+        assert [q["step"] for q in result[p]["probes"]] == [2, 3]
+        good = any(q["success"] >= 0.95 for q in result[p]["probes"])
+        assert result[p]["good_probe"] is good
+        assert any(line.startswith(f"WARNING: {p}: no validation probe reached") for line in lines) is not good
         assert (out / f"{p}.pt").stat().st_size > 0
     assert any(line.startswith("Success rate") for line in lines)  # the table
     assert (out / "success_vs_length.png").stat().st_size > 0

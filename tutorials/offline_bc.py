@@ -90,6 +90,9 @@ class Args:
     threads: int = 0  # torch threads (0: torch's default)
 
 
+GOOD_PROBE = 0.95  # a validation probe at select_corridor this good means the run generalised
+
+
 def check_args(args: Args) -> str | None:
     return episodes_error({"--eval-episodes": args.eval_episodes, "--select-episodes": args.select_episodes})
 
@@ -173,15 +176,17 @@ def run_policy(kind: str, args: Args, run, out: Path, ctx: DistributedContext) -
     history = train(actor, args, run, kind, ctx)
     if not ctx.is_main:  # rank 0 evaluates and saves
         return None
+    probes = [{"step": p["step"], "success": p["result"]["success"]} for p in history.probes]
     if history.selected_step is not None:
         print(f"  {kind}: kept the weights of step {history.selected_step} (validation success "
-              f"{max(p['result']['success'] for p in history.probes):.2f} at corridor {args.select_corridor})")
+              f"{max(p['success'] for p in probes):.2f} at corridor {args.select_corridor})")
     torch.save(actor.state_dict(), out / f"{kind}.pt")
     success, eval_seconds = evaluate_lengths(actor, args.eval_lengths, args.eval_episodes, seed=args.seed + 10_000,
                                              name=kind, run=run)
     params = sum(p.numel() for p in actor.parameters())
     return {"success": success, "train_seconds": history.train_seconds, "eval_seconds": eval_seconds, "params": params,
-            "selected_step": history.selected_step}
+            "selected_step": history.selected_step, "probes": probes,
+            "good_probe": any(p["success"] >= GOOD_PROBE for p in probes) if probes else None}
 
 
 def report(results: dict, args: Args, out: Path) -> None:
@@ -202,6 +207,13 @@ def report(results: dict, args: Args, out: Path) -> None:
                            out / "success_vs_length.png", f"T-Maze, trained on corridors <= {args.max_corridor}",
                            train_max=args.max_corridor)
     print(f"wrote {out / 'results.csv'}, {out / 'success_vs_length.png'} and checkpoints {', '.join(f'{k}.pt' for k in results)}")
+    for kind, r in results.items():
+        if r["good_probe"] is False:
+            history = ", ".join(f"{p['success']:.2f}" for p in r["probes"])
+            print(f"\nWARNING: {kind}: no validation probe reached {GOOD_PROBE:.2f} at corridor {args.select_corridor} "
+                  f"(probes every {args.select_every} steps: {history}). The kept weights did not generalise in "
+                  "validation, so the table above is not the tutorial's claim; run again with another --seed or "
+                  "more --steps.")
 
 
 def main() -> None:
@@ -222,8 +234,8 @@ def main() -> None:
     if ctx.is_main:
         report(results, args, out)
         run.finish()
-        print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"], "selected_step": r["selected_step"]}
-                          for k, r in results.items()}))
+        print(json.dumps({k: {"success": r["success"], "train_seconds": r["train_seconds"], "selected_step": r["selected_step"],
+                              "probes": r["probes"], "good_probe": r["good_probe"]} for k, r in results.items()}))
     shutdown(ctx)
 
 
