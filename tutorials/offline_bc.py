@@ -186,7 +186,7 @@ def run_policy(kind: str, args: Args, run, out: Path, ctx: DistributedContext) -
     params = sum(p.numel() for p in actor.parameters())
     return {"success": success, "train_seconds": history.train_seconds, "eval_seconds": eval_seconds, "params": params,
             "selected_step": history.selected_step, "probes": probes,
-            "good_probe": any(p["success"] >= GOOD_PROBE for p in probes) if probes else None}
+            "good_probe": history.first_time("success", GOOD_PROBE) is not None if probes else None}
 
 
 def report(results: dict, args: Args, out: Path) -> None:

@@ -358,8 +358,7 @@ class ELMURBackbone(nn.Module):
         """
         K = self.config.segment_len
         p = state.step % K
-        start = ELMURState(state.memory, state.memory_time, torch.zeros(state.tokens.shape[0], *ELMURState.field_specs(
-            self.config, self.dtype)["cache"][0], dtype=state.memory.dtype, device=state.memory.device), state.step - p)
+        start = ELMURState(state.memory, state.memory_time, self.initial_state(len(p), "cache").cache, state.step - p)
         if K == 1:  # no earlier tokens in a segment of one
             return start.cache
         return self.forward(state.tokens, start, lengths=p)[1].cache

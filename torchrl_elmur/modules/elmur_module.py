@@ -520,16 +520,16 @@ class ELMURModule(TensorDictModuleBase):
         values and outputs come from the module's derived cache (:class:`SegmentCache`, rebuilt from
         the tokens where it does not continue ``incoming``), and the next state stores the tokens."""
         K = self.config.segment_len
-        cache, weights = self._segment_cache.continue_state(incoming, state)
+        p = state.step % K  # [N]: this token's slot in its segment
+        cache, weights = self._segment_cache.continue_state(incoming, state, p)
         compiled = self._compiled_step if self._compile_mode not in (None, "reduce-overhead") else None
         y, new = self.backbone._step(value, ELMURState(state.memory, state.memory_time, cache, state.step),
                                      own_cache=True, compiled=compiled)
         tokens = state.tokens
         if K > 1:  # this token joins the segment's inputs, unless it completed the segment
-            p = state.step % K
             tokens = tokens.clone()
             tokens[torch.arange(tokens.shape[0], device=tokens.device), p.clamp(max=K - 2)] = value
-            tokens = tokens.masked_fill((p == K - 1)[:, None, None], 0.0)
+            tokens.masked_fill_((p == K - 1)[:, None, None], 0.0)
         new = ELMURState(new.memory, new.memory_time, None, new.step, tokens=tokens)
         self._segment_cache.remember(cache, new, weights)
         return y, new

@@ -44,24 +44,19 @@ from ..core import ELMURBackbone, ELMURState
 
 def token_path_slots(backbone: ELMURBackbone) -> list[tuple[dict, str]]:
     """Where the tensors that a step's token path reads live, as ``(module._parameters or
-    module._buffers, name)``: the input projection, the Transformer-XL biases, the initial memory,
-    the final norm and every layer's self-attention, memory read, feed-forward net, their norms and
-    the time-gap table. The write path (write attention, memory FFN) is left out: it reads the
-    cache, it is not stored in it. Looked up through the dicts at every step, so that tensors
-    swapped in later (``TensorDict.to_module``) are the ones read."""
-    modules: list[nn.Module] = [backbone, backbone.in_proj, backbone.final_norm]
+    module._buffers, name)``: the Transformer-XL biases, the initial memory, the time-gap tables,
+    and every tensor of the input projection, the final norm and each layer's self-attention,
+    memory read, feed-forward net and their norms. The write path (write attention, memory FFN)
+    is left out: it reads the cache, it is not stored in it. Looked up through the dicts at every
+    step, so that tensors swapped in later (``TensorDict.to_module``) are the ones read."""
+    slots = [(backbone._parameters, "u"), (backbone._parameters, "v"), (backbone._buffers, "memory_init")]
+    slots += [(layer._parameters, "gap_bias") for layer in backbone.layers]
+    modules = [backbone.in_proj, backbone.final_norm]
     for layer in backbone.layers:
-        modules += [layer, layer.self_attn, layer.read, layer.ffn, layer.res_self, layer.res_read, layer.res_ff]
-    direct = {backbone: ("u", "v", "memory_init"), **{layer: ("gap_bias",) for layer in backbone.layers}}
-    slots = []
-    for module in modules:
-        if module in direct:
-            slots += [(module._parameters if name in module._parameters else module._buffers, name)
-                      for name in direct[module]]
-        else:
-            for sub in module.modules():
-                slots += [(sub._parameters, name) for name in sub._parameters]
-                slots += [(sub._buffers, name) for name in sub._buffers]
+        modules += [layer.self_attn, layer.read, layer.ffn, layer.res_self, layer.res_read, layer.res_ff]
+    for sub in (sub for module in modules for sub in module.modules()):
+        slots += [(sub._parameters, name) for name in sub._parameters]
+        slots += [(sub._buffers, name) for name in sub._buffers]
     return [(where, name) for where, name in slots if where[name] is not None]  # bias=False registers None
 
 
@@ -125,17 +120,14 @@ class SegmentCache:
         self._slots = token_path_slots(backbone)
         self._row_shape = ELMURState.field_specs(backbone.config, layout="cache")["cache"][0]  # [H, K, L, 3, d]
         self._entry: _Entry | None = None
-        self.rebuilt_rows = 0  # rows rebuilt from their tokens so far (for tests and benchmarks)
+        self.rebuilt_rows = 0  # rows rebuilt from their tokens so far (tests read it)
 
-    def clear(self) -> None:
-        self._entry = None
-
-    def continue_state(self, incoming: ELMURState, state: ELMURState) -> tuple[Tensor, Tensor]:
-        """The cache for ``state`` (the incoming state after ``is_init`` resets) and the weights'
-        fingerprint; ``incoming``: the state as read from the tensordict (before the resets)."""
+    def continue_state(self, incoming: ELMURState, state: ELMURState, p: Tensor) -> tuple[Tensor, Tensor]:
+        """The cache for ``state`` (the incoming state after ``is_init`` resets; ``p = step % K``
+        of its rows) and the weights' fingerprint; ``incoming``: the state as read from the
+        tensordict (before the resets)."""
         backbone, entry = self.backbone, self._entry
         self._entry = None  # the step writes into the cache: until remember(), it continues no state
-        K = backbone.config.segment_len
         weights = token_path_fingerprint([where[name] for where, name in self._slots])
         n, like = state.memory.shape[0], state.memory
         shape = (n, *self._row_shape)
@@ -152,11 +144,11 @@ class SegmentCache:
             else:
                 reuse = rows_equal(incoming, entry.state)
             reuse = reuse & (weights == entry.weights).all()
-        stale = (state.step % K > 0) & ~reuse  # rows whose earlier tokens are missing from the cache
+        stale = (p > 0) & ~reuse  # rows whose earlier tokens are missing from the cache
         if bool(stale.any()):  # the step's one host sync
             rows = stale.nonzero().squeeze(-1)
             cache[rows] = backbone.cache_from_tokens(state.map(lambda t: t[rows]))
-            self.rebuilt_rows += int(rows.numel())
+            self.rebuilt_rows += rows.numel()
         return cache, weights
 
     def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor) -> None:
