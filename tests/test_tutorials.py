@@ -65,6 +65,30 @@ def test_offline_bc_rejects_odd_episode_count(tmp_path):
     assert proc.returncode == 2 and "--eval-episodes must be even" in proc.stderr
 
 
+def test_tmaze_seeds_table_reads_each_tutorial_run(tmp_path):
+    """The seed table holds one row per seed with what that seed's tutorial run reported."""
+    tiny = ["--steps", "3", "--episodes", "12", "--batch", "4", "--eval-lengths", "3", "12", "--eval-episodes", "4",
+            "--select-corridor", "12", "--select-every", "2", "--select-episodes", "2"]
+    lines = run_script("benchmarks/tmaze_seeds.py", "--seeds", "5", "6", "--out", str(tmp_path), "--", *tiny)
+    result = json.loads(lines[-1])
+    assert result["benchmark"] == "tmaze_seeds" and result["extra_flags"] == tiny
+    assert [r["seed"] for r in result["runs"]] == [5, 6]
+    for run in result["runs"]:
+        log = (tmp_path / f"seed_{run['seed']}" / "log.txt").read_text().splitlines()
+        own = json.loads(next(line for line in log if line.startswith('{"elmur"')))["elmur"]
+        assert run["success"] == own["success"] and [p["step"] for p in run["probes"]] == [2, 3]
+    ok = sum(all(v >= 0.95 for v in r["success"].values()) for r in result["runs"])
+    assert result["generalised"] == ok
+    assert "| 5 |" in (tmp_path / "tmaze_seeds.md").read_text()
+
+
+def test_tmaze_seeds_names_the_seed_of_a_failed_run(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/tmaze_seeds.py"), "--seeds", "7", "--out", str(tmp_path),
+                           "--", "--eval-episodes", "3"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "seed 7:" in proc.stderr and "--eval-episodes must be even" in proc.stderr
+
+
 @pytest.mark.parametrize(
     "script, flags, benchmark",
     [
