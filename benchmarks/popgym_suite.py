@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import grouped_bars, suite_errors, write_report  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
+from torchrl_elmur.core.config import OPTION_SETS, with_options  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_popgym_dataset  # noqa: E402
 from torchrl_elmur.data.popgym_dataset import EVAL_SEED, play_episodes  # noqa: E402
 from torchrl_elmur.envs import make_popgym_env, popgym_tasks  # noqa: E402
@@ -69,6 +70,7 @@ class Args:
     policies: list[str] = field(default_factory=lambda: ["elmur", "gru", "lstm", "mlp"])  # of elmur, gru, lstm, mlp
     preset: str = "cpu"  # ELMUR: "cpu" (ELMURConfig.popgym with 2 layers) or "popgym" (the published, 12 layers)
     detach_memory: bool = False  # ELMUR: detach memory at segment boundaries (the published setting)
+    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS, replacing the preset's and --detach-memory ("": none)
     episodes: int = 1000  # oracle episodes per task in the dataset
     steps: int = 300  # sampled batches per policy (optimizer steps: steps x window / chunk)
     batch: int = 32  # rows per batch
@@ -90,6 +92,8 @@ def check(args: Args) -> str | None:
     error = suite_errors(args, presets=PRESETS, task_name=task_name, positive=("episodes", "steps", "batch", "eval_episodes"))
     if error:
         return error
+    if args.options and args.options not in OPTION_SETS:
+        return f"--options: expected one of {list(OPTION_SETS)}, received {args.options!r}"
     window, chunk = resolved_window(args)
     if window % chunk:
         return f"--chunk ({chunk}) must divide --window ({window})"
@@ -97,8 +101,9 @@ def check(args: Args) -> str | None:
 
 
 def elmur_config(args: Args) -> ELMURConfig:
-    return ELMURConfig.popgym(input_size=args.width, d_model=args.width, detach_memory=args.detach_memory,
-                              **PRESETS[args.preset])
+    config = ELMURConfig.popgym(input_size=args.width, d_model=args.width, detach_memory=args.detach_memory,
+                                **PRESETS[args.preset])
+    return with_options(config, args.options) if args.options else config
 
 
 def resolved_window(args: Args) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from torchrl.objectives.value import GAE
 from tqdm import tqdm
 
 from torchrl_elmur import ELMURConfig
+from torchrl_elmur.core.config import OPTION_SETS, with_options
 from torchrl_elmur.data.row_states import RowStartStates, recurrent_state_keys
 from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
@@ -86,6 +87,7 @@ class Args:
     segment_len: int = 16  # ELMUR K
     memory_slots: int = 4  # ELMUR M
     num_layers: int = 2  # ELMUR L
+    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS ("": RMSNorm, no detach)
     shared_trunk: bool = True  # actor and critic share one encoder + memory (one memory step per env step; --no-shared-trunk: one each)
     state_layout: Literal["tokens", "cache"] = "tokens"  # ELMUR's stored state: the segment's inputs (ELMURModule's default) or its keys/values (opt-in, more bytes)
     keep_state: Literal["row-starts", "all"] = "row-starts"  # stored batch: states at row starts only, or at every step
@@ -104,6 +106,8 @@ def check_args(args: Args) -> str | None:
     for name in ("frames", "num_workers", "envs_per_worker", "rollout", "epochs", "minibatch_rows"):
         if getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
+    if args.options and args.options not in OPTION_SETS:
+        return f"--options: expected one of {list(OPTION_SETS)}, received {args.options!r}"
     if args.minibatch_rows > envs(args):
         return f"--minibatch-rows ({args.minibatch_rows}) must be <= the envs per batch ({envs(args)})"
     return None
@@ -119,9 +123,10 @@ def envs(args: Args) -> int:
 def elmur_config(args: Args) -> ELMURConfig:
     """ELMUR for online RL: a small published-POPGym-like layout (RMSNorm, lambda 0.79) with the
     write path trained through the memory (detach_memory=False)."""
-    return ELMURConfig.popgym(input_size=args.width, d_model=args.width, num_layers=args.num_layers,
-                              num_heads=4, segment_len=args.segment_len, memory_slots=args.memory_slots,
-                              detach_memory=False)
+    config = ELMURConfig.popgym(input_size=args.width, d_model=args.width, num_layers=args.num_layers,
+                                num_heads=4, segment_len=args.segment_len, memory_slots=args.memory_slots,
+                                detach_memory=False)
+    return with_options(config, args.options) if args.options else config
 
 
 # ----------------------------------------------------------------------------------------------

@@ -274,3 +274,35 @@ def released_options() -> dict:
         'released'
     """
     return dict(init="released", cross_attn_out_bias=True, dropout_placement="released", moe=MoEConfig())
+
+
+# Everything in ELMURConfig that is not a size: the choices that decide how the memory trains.
+OPTION_FIELDS = ("norm", "norm_eps", "detach_memory", "dropout", "attn_dropout", "memory_dropout", "init",
+                 "cross_attn_out_bias", "dropout_placement", "moe", "write_rule")
+_BARE = dict(norm="layernorm", norm_eps=1e-5, detach_memory=True, dropout=0.0, attn_dropout=0.0, memory_dropout=0.0,
+             init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None, write_rule="paper")
+_RELEASED = dict(_BARE, norm_eps=1e-8, dropout=0.10, attn_dropout=0.17, memory_dropout=0.01, **released_options())
+OPTION_SETS: dict[str, dict] = {
+    # ELMURConfig()'s options up to 2026-12-03: torch init, MLP FFN, LayerNorm, no dropout, detach
+    "bare": _BARE,
+    "bare-no-detach": dict(_BARE, detach_memory=False),
+    # what the POPGym suite and the online PPO tutorial used up to 2026-12-03 (published POPGym norm)
+    "rmsnorm-no-detach": dict(_BARE, norm="rmsnorm", norm_eps=1e-8, detach_memory=False),
+    # the released code's options with the published T-Maze dropouts (tmaze_fidelity's ``released-paper``)
+    "released": _RELEASED,
+    "released-no-detach": dict(_RELEASED, detach_memory=False),
+}
+
+
+def with_options(config: ELMURConfig, name: str) -> ELMURConfig:
+    """``config`` with every field of ``OPTION_FIELDS`` taken from ``OPTION_SETS[name]`` (sizes kept).
+
+    Examples:
+        >>> with_options(ELMURConfig(d_model=64, num_heads=4), "rmsnorm-no-detach").norm
+        'rmsnorm'
+        >>> with_options(ELMURConfig(d_model=64, num_heads=4), "released").d_model
+        64
+    """
+    if name not in OPTION_SETS:
+        raise ValueError(f"ELMUR option set {name!r} is unknown: expected one of {list(OPTION_SETS)}.")
+    return config.replace(**OPTION_SETS[name])
