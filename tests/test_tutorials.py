@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,49 @@ def test_online_ppo_rejects_continuous_tasks_and_bad_sizes():
     proc = subprocess.run([sys.executable, str(ROOT / "tutorials/online_ppo.py"), "--task", "PositionOnlyPendulumEasy"],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.returncode == 2 and "PositionOnlyPendulumEasy has continuous actions" in proc.stderr
+
+
+def _group_alive(pgid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+
+
+PPO_LONG = ["--frames", "100000", "--wandb", "disabled", "--eval-episodes", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize("fault", ["exception", "sigint"])
+def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
+    """An exception in the learner after the collector's workers started, or Ctrl-C (SIGINT to the whole
+    process group, as a terminal sends it), ends the run within 30 s and leaves no process behind."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
+    if fault == "exception":  # the script as run from the command line, with the optimizer step failing
+        inject = ("import runpy, sys, torch\n"
+                  "def fail(*a, **k): raise RuntimeError('injected learner fault')\n"
+                  "torch.optim.Adam.step = fail\n"
+                  f"sys.argv = ['online_ppo.py', *{PPO_LONG + ['--out', str(tmp_path)]!r}]\n"
+                  f"runpy.run_path({str(ROOT / 'tutorials/online_ppo.py')!r}, run_name='__main__')\n")
+        command = [sys.executable, "-c", inject]
+    else:
+        command = [sys.executable, str(ROOT / "tutorials/online_ppo.py"), *PPO_LONG, "--out", str(tmp_path)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        if fault == "sigint":
+            deadline = time.monotonic() + 120
+            while len(_group_alive(proc.pid)) < 3 and time.monotonic() < deadline:  # the two collector workers run
+                time.sleep(0.5)
+            assert len(_group_alive(proc.pid)) >= 3, "the collector's workers never started"
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGINT)
+            start = time.monotonic()
+            proc.communicate(timeout=30)
+        else:
+            start = time.monotonic()
+            _, stderr = proc.communicate(timeout=150)
+            assert "injected learner fault" in stderr
+        assert proc.returncode != 0
+        time.sleep(2)
+        assert _group_alive(proc.pid) == [], "worker processes outlived the run"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert time.monotonic() - start < 150

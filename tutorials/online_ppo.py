@@ -55,7 +55,8 @@ from torchrl_elmur.data.row_states import RowStartStates, recurrent_state_keys
 from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
-from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.cli import parse_dataclass, range_error
+from torchrl_elmur.training.collectors import close_collector
 from torchrl_elmur.training.evaluate import popgym_returns
 from torchrl_elmur.training.policies import MEMORIES, make_actor_critic, rollout_policy
 
@@ -108,6 +109,15 @@ def check_args(args: Args) -> str | None:
             return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
     if args.options and args.options not in OPTION_SETS:
         return f"--options: expected one of {list(OPTION_SETS)}, received {args.options!r}"
+    error = range_error(args, lr="(0, inf)", gamma="(0, 1]", lmbda="[0, 1]", clip="(0, inf)", entropy="[0, inf)",
+                        critic_coef="[0, inf)", max_grad_norm="(0, inf)", width="[1, inf)", segment_len="[1, inf)",
+                        memory_slots="[1, inf)", num_layers="[1, inf)", eval_episodes="[0, inf)", threads="[1, inf)")
+    if error:
+        return error
+    try:
+        elmur_config(args)
+    except ValueError as err:  # e.g. a --width that the heads do not divide
+        return f"ELMUR configuration from --width/--segment-len/--memory-slots/--num-layers: {err}"
     if args.minibatch_rows > envs(args):
         return f"--minibatch-rows ({args.minibatch_rows}) must be <= the envs per batch ({envs(args)})"
     return None
@@ -188,7 +198,6 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
                                       config=elmur_config(args) if kind == "elmur" else None,
                                       shared_trunk=args.shared_trunk)
     policy = rollout_policy(actor, critic)  # the collector records the states and state_value (a shared trunk runs once)
-    collector = make_collector(args, policy, seed)
     gae = GAE(gamma=args.gamma, lmbda=args.lmbda, value_network=critic, average_gae=True, deactivate_vmap=True)
     loss_module = ClipPPOLoss(actor, critic, clip_epsilon=args.clip, entropy_coeff=args.entropy,
                               critic_coeff=args.critic_coef, normalize_advantage=False)
@@ -196,6 +205,7 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
     state_keys = recurrent_state_keys(actor, critic)
     curve, frames, collect_s, train_s = [], 0, 0.0, 0.0
     bar = tqdm(total=args.frames, desc=f"{kind} seed {seed}", disable=not progress, dynamic_ncols=True, leave=False)
+    collector = make_collector(args, policy, seed)  # starts the worker processes: nothing may fail between here and try
     try:
         t0 = time.perf_counter()
         for batch in collector:
@@ -234,9 +244,9 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
             bar.update(rows.numel())
             bar.set_postfix(ret=f"{ret:+.3f}", fps=f"{point['collect_fps']:.0f}")
             t0 = time.perf_counter()
-    finally:  # worker processes are stopped on errors too
+    finally:  # worker processes and weight-sync queues are closed on errors and Ctrl-C too
         bar.close()
-        collector.shutdown()
+        close_collector(collector)
     result = {"curve": curve, "collect_fps": frames / collect_s, "train_seconds": train_s, "collect_seconds": collect_s,
               "max_replay_error": max(p["replay_error"] for p in curve), "actor": actor, "critic": critic}
     if args.eval_episodes:

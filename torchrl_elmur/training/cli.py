@@ -137,3 +137,36 @@ def init_distributed_cli(batch: int, device: str | None = None):
     except ValueError as err:
         raise SystemExit(f"--batch: {err}") from None
     return ctx
+
+
+def range_error(args, **intervals: str) -> str | None:
+    """The first field of ``args`` outside its interval, as a CLI error message (None: all inside).
+
+    ``intervals`` maps a field name to an interval written as in mathematics: ``"(0, inf)"``,
+    ``"[0, 1]"``, ``"[1, inf)"``. NaN is never inside; infinity only where the interval is closed
+    there. List fields are checked value by value.
+
+    Examples:
+        >>> @dataclasses.dataclass
+        ... class A:
+        ...     lr: float = 1e-3
+        ...     gamma: float = 0.99
+        >>> range_error(A(), lr="(0, inf)", gamma="(0, 1]") is None
+        True
+        >>> range_error(A(lr=float("nan")), lr="(0, inf)")
+        '--lr must be in (0, inf), received nan'
+        >>> range_error(A(gamma=0.0), lr="(0, inf)", gamma="(0, 1]")
+        '--gamma must be in (0, 1], received 0.0'
+    """
+    for name, interval in intervals.items():
+        match = re.fullmatch(r"\s*([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])\s*", interval)
+        if match is None:
+            raise ValueError(f"range_error: {name}={interval!r} is not an interval like '(0, inf)' or '[0, 1]'.")
+        low, high = float(match.group(2)), float(match.group(3))
+        value = getattr(args, name)
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            inside = ((v >= low) if match.group(1) == "[" else (v > low)) and \
+                     ((v <= high) if match.group(4) == "]" else (v < high))
+            if not inside:
+                return f"--{name.replace('_', '-')} must be in {interval}, received {v}"
+    return None

@@ -1,0 +1,39 @@
+"""Collectors that end with the run: worker processes and weight-sync queues closed on any exit.
+
+TorchRL's ``MultiSyncCollector.shutdown()`` (torchrl 0.14) stops the workers but leaves its
+weight-sync scheme (``SharedMemWeightSyncScheme``) open; the scheme shuts itself down in
+``__del__``, which puts "stop" on a multiprocessing queue. When that happens during interpreter
+finalization (a run that ended with an exception keeps the collector alive in the traceback until
+then; Ctrl-C while the collector is being built leaves a half-built one), the queue cannot start its
+feeder thread and the process never exits. Importing this module registers an ``atexit`` hook that
+closes every scheme still open while the interpreter can still start threads.
+"""
+from __future__ import annotations
+
+import atexit
+import gc
+
+
+def close_collector(collector) -> None:
+    """Stop ``collector``'s workers and close its weight-sync schemes' queues. Safe to call twice."""
+    try:
+        collector.shutdown()
+    finally:
+        for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
+            scheme.shutdown()
+
+
+def close_open_schemes() -> int:
+    """Close every TorchRL weight-sync scheme alive in this process; returns how many were found."""
+    from torchrl.weight_update.weight_sync_schemes import WeightSyncScheme
+
+    schemes = [obj for obj in gc.get_objects() if issubclass(type(obj), WeightSyncScheme)]  # type(): no __class__ lookups
+    for scheme in schemes:
+        try:
+            scheme.shutdown()
+        except Exception:  # noqa: BLE001 - at exit, a scheme that cannot close must not stop the others
+            pass
+    return len(schemes)
+
+
+atexit.register(close_open_schemes)
