@@ -229,3 +229,20 @@ def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
     assert time.monotonic() - start < 150
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("tutorials/offline_bc.py", ["--steps", "-3"], "--steps must be in [1, inf), received -3"),
+    ("tutorials/offline_bc.py", ["--batch", "0"], "--batch must be in [1, inf), received 0"),
+    ("tutorials/offline_bc.py", ["--lru-blend", "2"], "--lru-blend must be in [0, 1], received 2.0"),
+    ("tutorials/offline_bc.py", ["--hidden", "31"], "ELMURConfig.d_model=31 is invalid: expected a multiple of num_heads=2."),
+    ("tutorials/offline_iql.py", ["--steps", "0"], "--steps must be in [1, inf), received 0"),
+    ("tutorials/online_ppo.py", ["--lr", "nan"], "--lr must be in (0, inf), received nan"),
+    ("tutorials/online_ppo.py", ["--lr", "-1"], "--lr must be in (0, inf), received -1.0"),
+])
+def test_tutorials_refuse_bad_values_in_one_line(script, flags, message):
+    """A bad value ends before any work with argparse's usage error: exit 2, the flag, what was received."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), *flags], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(message), proc.stderr[-500:]
+    assert "Traceback" not in proc.stderr
