@@ -41,7 +41,7 @@ import offline_bc  # noqa: E402  (the tutorial: its actor)
 from common import format_table, machine, write_csv  # noqa: E402
 
 from torchrl_elmur import ELMURConfig  # noqa: E402
-from torchrl_elmur.core.config import MoEConfig, released_options  # noqa: E402
+from torchrl_elmur.core.config import OPTION_SETS, MoEConfig, released_options  # noqa: E402
 from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss  # noqa: E402
 from torchrl_elmur.training import episodes_error, evaluate_lengths, tmaze_success_rate, train_bc  # noqa: E402
@@ -71,6 +71,8 @@ VARIANTS: dict[str, dict] = {  # changes to ELMURConfig.tmaze(**BARE_OPTIONS) (s
     "config-defaults-no-detach": dict(dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5,
                                       detach_memory=False),
     "config-defaults-released": dict(RELEASED_OPTIONS, dropout=0.0, attn_dropout=0.0, memory_dropout=0.0, norm_eps=1e-5),
+    # the named option sets compared across the families (OPTION_SETS: norm, detach, dropout, init, FFN, rule)
+    **{f"options-{name}": options for name, options in OPTION_SETS.items()},
 }
 
 
