@@ -82,6 +82,12 @@ def make_config(variant: str, input_size: int) -> ELMURConfig:
     return ELMURConfig.tmaze(input_size=input_size, **{**BARE_OPTIONS, **VARIANTS[variant]})
 
 
+def option_set_of(variant: str) -> str:
+    """The name of the option set (``OPTION_SETS``) whose configuration equals the variant's, or ''."""
+    config = make_config(variant, 128) if variant in VARIANTS else None
+    return next((name for name in OPTION_SETS if config == make_config(f"options-{name}", 128)), "")
+
+
 RECIPES = {
     "tutorial": dict(episodes=2000, batch=64, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, updates="window", steps=300),
     "released": dict(episodes=4800, batch=128, lr=2.1e-4, betas=(0.95, 0.999), weight_decay=1e-4, updates="segment",
@@ -180,7 +186,8 @@ def run_one(variant: str, seed: int, args: Args) -> dict:
     checkpoint = Path(args.out) / "checkpoints" / f"{args.recipe}_{variant}_{seed}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save(actor.state_dict(), checkpoint)
-    row = {"variant": variant, "seed": seed, "recipe": args.recipe, "steps": recipe["steps"],
+    row = {"variant": variant, "options": option_set_of(variant), "seed": seed, "recipe": args.recipe,
+           "steps": recipe["steps"],
            "train_seconds": round(history.train_seconds, 1),
            "t100": history.first_time("100"), "t1000": history.first_time("1000"),
            "probes": " ".join(f"{p['step']}:{p['result']['100']:.2f}/{p['result']['1000']:.2f}" for p in history.probes)}
@@ -228,6 +235,7 @@ def read_rows(paths: list[str]) -> list[dict]:
                         parsed[k] = None if v == "" else (v if k in ("variant", "recipe", "probes") else json.loads(v))
                     except json.JSONDecodeError:
                         parsed[k] = v
+                parsed["options"] = option_set_of(parsed["variant"])
                 rows.append(parsed)
     return list({(r["variant"], r["recipe"], r["seed"]): r for r in rows}.values())
 

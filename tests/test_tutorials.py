@@ -83,6 +83,20 @@ def test_tmaze_seeds_table_reads_each_tutorial_run(tmp_path):
     assert "| 5 |" in (tmp_path / "tmaze_seeds.md").read_text()
 
 
+def test_default_options_runs_each_family_script_once(tmp_path):
+    """One (family, option set) runs the family's script; a second invocation reads its result instead."""
+    flags = ["--options", "bare", "--families", "popgym", "--seeds", "0", "--out", str(tmp_path)]
+    first = json.loads(run_script("benchmarks/default_options.py", *flags)[-1])
+    log = tmp_path / "popgym" / "bare" / "log.txt"
+    own = json.loads((tmp_path / "popgym" / "bare" / "popgym_suite.json").read_text())
+    (row,) = first["rows"]
+    assert row["options"] == "bare" and row["popgym_sum"] == own["sums"]["sum: All (1 tasks)"]["elmur"]
+    assert row["macs_x_gru"] == pytest.approx(653_619 / 73_728)  # core/cost.py's doctest numbers
+    stamp = log.stat().st_mtime_ns
+    second = json.loads(run_script("benchmarks/default_options.py", *flags)[-1])
+    assert second["rows"] == first["rows"] and log.stat().st_mtime_ns == stamp
+
+
 def test_tmaze_seeds_names_the_seed_of_a_failed_run(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/tmaze_seeds.py"), "--seeds", "7", "--out", str(tmp_path),
                            "--", "--eval-episodes", "3"], capture_output=True, text=True,
