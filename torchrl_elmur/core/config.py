@@ -72,6 +72,11 @@ class MoEConfig:
             _fail("balance_coef", self.balance_coef, "a float >= 0", "MoEConfig")
 
 
+# The published configurations' options (ELMUR.md sections 3 and 5), pinned in every preset
+PUBLISHED_OPTIONS = dict(norm="layernorm", norm_position="post", norm_eps=1e-8, detach_memory=True, write_rule="paper",
+                         init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
+
+
 @dataclass(frozen=True)
 class ELMURConfig:
     """Hyper-parameters of the ELMUR backbone (``../shared/ELMUR.md`` sections 2-3).
@@ -206,7 +211,9 @@ class ELMURConfig:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ published presets
-    # ELMUR.md section 5. All post-LN with relative positions; LayerNorm eps 1e-8 as released.
+    # ELMUR.md section 5. All post-LN with relative positions; LayerNorm eps 1e-8 as released; memory
+    # detached at segment boundaries. Every option a preset relies on is named (PUBLISHED_OPTIONS), so
+    # a change of ELMURConfig's defaults never changes a published preset.
     @classmethod
     def tmaze(cls, **changes) -> "ELMURConfig":
         """T-Maze: D=128, L=2, H=2, M=2, K=10, lambda=0.79, sigma=0.001, dropout 0.10 / attn 0.17 / memory 0.01.
@@ -220,7 +227,7 @@ class ELMURConfig:
         """
         base = dict(d_model=128, num_layers=2, num_heads=2, memory_slots=2, segment_len=10,
                     lru_blend=0.79, memory_init_std=0.001, dropout=0.10, attn_dropout=0.17, memory_dropout=0.01,
-                    norm_eps=1e-8)
+                    **PUBLISHED_OPTIONS)
         return cls(**{**base, **changes})
 
     @classmethod
@@ -246,21 +253,21 @@ class ELMURConfig:
     def popgym(cls, **changes) -> "ELMURConfig":
         """POPGym (AutoencodeEasy): D=64, L=12, H=4, M=8, K=35, lambda=0.79, sigma=0, RMSNorm."""
         base = dict(d_model=64, num_layers=12, num_heads=4, memory_slots=8, segment_len=35,
-                    lru_blend=0.79, memory_init_std=0.0, norm="rmsnorm", norm_eps=1e-8)
+                    lru_blend=0.79, memory_init_std=0.0, **{**PUBLISHED_OPTIONS, "norm": "rmsnorm"})
         return cls(**{**base, **changes})
 
     @classmethod
     def mikasa_remember_color(cls, **changes) -> "ELMURConfig":
         """MIKASA RememberColor3/5/9: D=128, L=4, H=16, M=256, K=20, lambda=0.41, sigma=0.1."""
         base = dict(d_model=128, num_layers=4, num_heads=16, memory_slots=256, segment_len=20,
-                    lru_blend=0.41, memory_init_std=0.1, norm_eps=1e-8)
+                    lru_blend=0.41, memory_init_std=0.1, **PUBLISHED_OPTIONS)
         return cls(**{**base, **changes})
 
     @classmethod
     def mikasa_take_it_back(cls, **changes) -> "ELMURConfig":
         """MIKASA TakeItBack: D=32, L=2, H=16, M=32, K=60, lambda=0.19, sigma=0.001."""
         base = dict(d_model=32, num_layers=2, num_heads=16, memory_slots=32, segment_len=60,
-                    lru_blend=0.19, memory_init_std=0.001, norm_eps=1e-8)
+                    lru_blend=0.19, memory_init_std=0.001, **PUBLISHED_OPTIONS)
         return cls(**{**base, **changes})
 
 
