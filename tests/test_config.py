@@ -59,6 +59,25 @@ def test_published_presets(preset, expected):
     assert got == expected
     assert c.norm_position == "post" and c.norm_eps == 1e-8
     assert preset(segment_len=5).segment_len == 5
+    # the published options, whatever ELMURConfig's defaults are: detached memory, the paper's rule, plain parts
+    assert (c.detach_memory, c.write_rule, c.init, c.cross_attn_out_bias, c.dropout_placement, c.moe) == \
+        (True, "paper", "torch", False, "residual", None)
+
+
+def test_presets_do_not_follow_the_defaults(monkeypatch):
+    """A preset built while ELMURConfig's defaults say otherwise still has the published options."""
+    import dataclasses
+
+    init_defaults = ELMURConfig.__init__.__defaults__
+    names = [f.name for f in dataclasses.fields(ELMURConfig)]
+    patched = tuple({"norm": "rmsnorm", "detach_memory": False, "norm_eps": 1e-3, "write_rule": "official"}.get(n, d)
+                    for n, d in zip(names[len(names) - len(init_defaults):], init_defaults))
+    monkeypatch.setattr(ELMURConfig.__init__, "__defaults__", patched)
+    assert ELMURConfig().detach_memory is False and ELMURConfig().norm == "rmsnorm"  # the patch took
+    for preset in (ELMURConfig.tmaze, ELMURConfig.mikasa_remember_color, ELMURConfig.mikasa_take_it_back):
+        c = preset()
+        assert (c.norm, c.detach_memory, c.norm_eps, c.write_rule) == ("layernorm", True, 1e-8, "paper")
+    assert (ELMURConfig.popgym().norm, ELMURConfig.popgym().detach_memory) == ("rmsnorm", True)
 
 
 def test_tmaze_dropouts():
