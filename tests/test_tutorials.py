@@ -253,6 +253,8 @@ def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
     ("tutorials/offline_iql.py", ["--steps", "0"], "--steps must be in [1, inf), received 0"),
     ("tutorials/online_ppo.py", ["--lr", "nan"], "--lr must be in (0, inf), received nan"),
     ("tutorials/online_ppo.py", ["--lr", "-1"], "--lr must be in (0, inf), received -1.0"),
+    ("tutorials/online_ppo.py", ["--options", "released"],
+     "received {'dropout': 0.1, 'attn_dropout': 0.17, 'memory_dropout': 0.01}"),
 ])
 def test_tutorials_refuse_bad_values_in_one_line(script, flags, message):
     """A bad value ends before any work with argparse's usage error: exit 2, the flag, what was received."""

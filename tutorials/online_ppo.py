@@ -115,9 +115,13 @@ def check_args(args: Args) -> str | None:
     if error:
         return error
     try:
-        elmur_config(args)
+        config = elmur_config(args)
     except ValueError as err:  # e.g. a --width that the heads do not divide
         return f"ELMUR configuration from --width/--segment-len/--memory-slots/--num-layers: {err}"
+    dropouts = {k: getattr(config, k) for k in ("dropout", "attn_dropout", "memory_dropout") if getattr(config, k)}
+    if dropouts:  # the loss replays each batch with the collector's log-probabilities: random masks break that
+        return (f"--options {args.options}: online PPO needs an ELMUR without dropout (the learner replays the "
+                f"collected rows and must reproduce their log-probabilities), received {dropouts}")
     if args.minibatch_rows > envs(args):
         return f"--minibatch-rows ({args.minibatch_rows}) must be <= the envs per batch ({envs(args)})"
     return None
