@@ -57,9 +57,13 @@ DEFAULT_TASKS = ["RepeatPreviousEasy", "RepeatPreviousMedium", "RepeatFirstEasy"
                  "AutoencodeEasy"]
 REACTIVE = ("PositionOnlyCartPole", "VelocityOnlyCartPole", "NoisyPositionOnlyCartPole", "PositionOnlyPendulum",
             "NoisyPositionOnlyPendulum")
-PRESETS = {  # ELMUR configurations by name (input and width = --width)
-    "cpu": dict(num_layers=2),  # the published POPGym configuration with 2 layers instead of 12
-    "popgym": dict(),  # the published POPGym configuration (ELMUR.md section 5): L=12
+PRESETS = {  # ELMUR configurations by name, of the width --width
+    # the published POPGym sizes (H=4, M=8, K=35, lambda 0.79, sigma 0) with 2 layers instead of 12 and
+    # ELMURConfig's default options
+    "cpu": lambda width: ELMURConfig(input_size=width, d_model=width, num_layers=2, num_heads=4, memory_slots=8,
+                                     segment_len=35, memory_init_std=0.0),
+    # the published POPGym configuration (ELMUR.md section 5): L=12, RMSNorm, detached memory
+    "popgym": lambda width: ELMURConfig.popgym(input_size=width, d_model=width),
 }
 
 
@@ -68,9 +72,8 @@ class Args:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # task names or gym ids
     all: bool = False  # all 48 tasks (overrides --tasks)
     policies: list[str] = field(default_factory=lambda: ["elmur", "gru", "lstm", "mlp"])  # of elmur, gru, lstm, mlp
-    preset: str = "cpu"  # ELMUR: "cpu" (ELMURConfig.popgym with 2 layers) or "popgym" (the published, 12 layers)
-    detach_memory: bool = False  # ELMUR: detach memory at segment boundaries (the published setting)
-    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS, replacing the preset's and --detach-memory ("": none)
+    preset: str = "cpu"  # ELMUR: "cpu" (the published sizes with 2 layers, default options) or "popgym" (the published, 12 layers)
+    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS, replacing the preset's ("": the preset's)
     episodes: int = 1000  # oracle episodes per task in the dataset
     steps: int = 300  # sampled batches per policy (optimizer steps: steps x window / chunk)
     batch: int = 32  # rows per batch
@@ -101,8 +104,7 @@ def check(args: Args) -> str | None:
 
 
 def elmur_config(args: Args) -> ELMURConfig:
-    config = ELMURConfig.popgym(input_size=args.width, d_model=args.width, detach_memory=args.detach_memory,
-                                **PRESETS[args.preset])
+    config = PRESETS[args.preset](args.width)
     return with_options(config, args.options) if args.options else config
 
 
@@ -227,11 +229,12 @@ def main() -> None:
     columns = ["oracle", *args.policies, "random"]
     window, chunk = resolved_window(args)
     header = (f"POPGym BC: {len(tasks)} tasks, {args.episodes} oracle episodes each, {args.steps} x [{args.batch}, {window}] "
-              f"(chunks of {chunk}), ELMUR preset {args.preset!r} (detach_memory={args.detach_memory}), width {args.width}, "
+              f"(chunks of {chunk}), ELMUR preset {args.preset!r}" + (f" with options {args.options!r}" if args.options else "")
+              + f" (detach_memory={elmur_config(args).detach_memory}, norm {elmur_config(args).norm}), width {args.width}, "
               f"{args.eval_episodes} eval episodes; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
               f"{time.perf_counter() - start:.0f} s")
     report(table, columns, header, rows, args, {"window": window, "chunk": chunk, "preset": args.preset,
-                                                "world_size": ctx.world_size})
+                                                "options": args.options, "world_size": ctx.world_size})
     shutdown(ctx)
 
 

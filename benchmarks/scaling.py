@@ -75,7 +75,7 @@ def train_worker(args: Args, memory: str) -> None:
     torch.set_num_threads(1)
     ctx = init_distributed()
     torch.manual_seed(0)
-    config = ELMURConfig.tmaze(input_size=128, d_model=128, detach_memory=False) if memory == "elmur" else None
+    config = ELMURConfig(input_size=128, d_model=128) if memory == "elmur" else None  # the default at the T-Maze width
     actor = make_bc_actor(memory, 4, num_actions=4, width=128, config=config)
     data = make_tmaze_dataset(500, max_corridor=28, seed=0)
     buffer = make_offline_replay_buffer(data, args.batch, args.seq_len, seed=0)

@@ -3,6 +3,7 @@ import re
 import pytest
 
 from torchrl_elmur import ELMURConfig
+from torchrl_elmur.core.config import with_options
 
 
 class TestErrs:
@@ -39,7 +40,8 @@ def test_defaults_and_derived():
     c = ELMURConfig()
     assert (c.d_model, c.num_layers, c.num_heads, c.memory_slots, c.segment_len) == (128, 2, 2, 2, 10)
     assert c.write_rule == "paper" and c.norm_position == "post" and c.norm == "layernorm"
-    assert c.detach_memory is True and c.max_time_gap == 1024
+    assert c.detach_memory is False and c.max_time_gap == 1024  # chosen by benchmarks/default_options.py
+    assert with_options(c, "bare-no-detach") == c
     assert c.head_dim == 64 and c.ff_dim == 512 and c.token_size == 128
     assert ELMURConfig(input_size=7).token_size == 7
 

@@ -88,7 +88,7 @@ class Args:
     segment_len: int = 16  # ELMUR K
     memory_slots: int = 4  # ELMUR M
     num_layers: int = 2  # ELMUR L
-    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS ("": RMSNorm, no detach)
+    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS ("": ELMURConfig's defaults)
     shared_trunk: bool = True  # actor and critic share one encoder + memory (one memory step per env step; --no-shared-trunk: one each)
     state_layout: Literal["tokens", "cache"] = "tokens"  # ELMUR's stored state: the segment's inputs (ELMURModule's default) or its keys/values (opt-in, more bytes)
     keep_state: Literal["row-starts", "all"] = "row-starts"  # stored batch: states at row starts only, or at every step
@@ -135,11 +135,11 @@ def envs(args: Args) -> int:
 # 2. The policy (torchrl_elmur.training.policies.make_actor_critic): only the memory differs
 # ----------------------------------------------------------------------------------------------
 def elmur_config(args: Args) -> ELMURConfig:
-    """ELMUR for online RL: a small published-POPGym-like layout (RMSNorm, lambda 0.79) with the
-    write path trained through the memory (detach_memory=False)."""
-    config = ELMURConfig.popgym(input_size=args.width, d_model=args.width, num_layers=args.num_layers,
-                                num_heads=4, segment_len=args.segment_len, memory_slots=args.memory_slots,
-                                detach_memory=False)
+    """ELMUR as ``ELMURModule`` builds it by default (ELMURConfig's default options: gradients
+    through memory across segments, no dropout), at this tutorial's sizes; ``--options`` swaps in a
+    named option set (``benchmarks/default_options.py`` compares them)."""
+    config = ELMURConfig(input_size=args.width, d_model=args.width, num_layers=args.num_layers, num_heads=4,
+                         segment_len=args.segment_len, memory_slots=args.memory_slots)
     return with_options(config, args.options) if args.options else config
 
 

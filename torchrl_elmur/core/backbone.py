@@ -55,10 +55,10 @@ class ELMURBackbone(nn.Module):
     Shapes: tokens ``[B, T, config.token_size]`` (sequence) or ``[B, token_size]`` (step);
     outputs ``[B, T, D]`` / ``[B, D]``; state: :class:`ELMURState`.
 
-    .. note:: With ``config.detach_memory=True`` (the default, as published) memory committed at a
-        segment boundary carries no gradient: later segments train the read, not the write of
-        earlier ones. Use ``detach_memory=False`` to backpropagate through memory across all
-        segments of one call.
+    .. note:: With ``config.detach_memory=False`` (the default) gradients flow through memory
+        across all segments of one call, so the write path is trained. With ``True`` (as
+        published, and in the published presets) memory committed at a segment boundary carries
+        no gradient: later segments train the read, not the write of earlier ones.
 
     Examples:
         >>> _ = torch.manual_seed(0)
