@@ -135,7 +135,7 @@ class ELMURConfig:
     chosen among five option sets on the project's three benchmark families
     (``benchmarks/default_options.py``, this project's 2-core CPU, 2026-12-03; the table is in
     ``benchmarks/README.md``): online PPO on RepeatFirstEasy, greedy return over 3 seeds
-    +0.90 +- 0.05 (published detach: +0.68, the POPGym preset's RMSNorm: +0.63; the released
+    +0.90, +0.83 at worst (published detach: +0.68, the POPGym preset's RMSNorm: +0.63; the released
     code's options carry dropout, which PPO's exact replay refuses); POPGym BC, 6-task sum
     +2.77 / +2.95 on seeds 0 / 1 (published detach +2.58, RMSNorm +2.79 / +2.85, released
     +2.28); T-Maze BC to corridor 10,000: none of the dropout-free sets generalises (0 of 3
