@@ -164,7 +164,7 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
         assert proc.returncode != 0 and "are in" in proc.stderr and "and in an earlier file" in proc.stderr
     if benchmark == "tmaze_fidelity":
         rows = (tmp_path / "tmaze_fidelity.csv").read_text().splitlines()
-        assert len(rows) == 3 and rows[1].startswith("published,0,released,2,")
+        assert len(rows) == 3 and rows[1].startswith("published,,0,released,2,")  # variant, options (no set equals it), seed
         assert len(list((tmp_path / "checkpoints").glob("released_*.pt"))) == 2
 
 
