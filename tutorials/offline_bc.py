@@ -45,7 +45,7 @@ from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss
 from torchrl_elmur.training import (BCHistory, episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate, train_bc)
-from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error
+from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass
 from torchrl_elmur.training.distributed import DistributedContext, rows_per_rank, shutdown, wrap_ddp
 
 POLICIES = ("elmur", "lstm", "gru")
@@ -95,11 +95,6 @@ GOOD_PROBE = 0.95  # a validation probe at select_corridor this good means the r
 
 def check_args(args: Args) -> str | None:
     error = episodes_error({"--eval-episodes": args.eval_episodes, "--select-episodes": args.select_episodes})
-    error = error or range_error(args, episodes="[1, inf)", max_corridor="[1, inf)", hidden="[1, inf)",
-                                 segment_len="[1, inf)", memory_slots="[1, inf)", lru_blend="[0, 1]", steps="[1, inf)",
-                                 batch="[1, inf)", seq_len="[1, inf)", lr="(0, inf)", label_smoothing="[0, 1)",
-                                 grad_clip="(0, inf)", select_corridor="[0, inf)", select_every="[1, inf)",
-                                 eval_lengths="[1, inf)", threads="[0, inf)")
     if error:
         return error
     try:

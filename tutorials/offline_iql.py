@@ -105,13 +105,7 @@ class Args:
 
 def check_args(args: Args) -> str | None:
     error = episodes_error({"--eval-episodes": args.eval_episodes})
-    error = error or range_error(args, episodes="[1, inf)", max_corridor="[1, inf)", wander_noise="[0, 1]",
-                                 hidden="[1, inf)", critic_hidden="[1, inf)", segment_len="[1, inf)",
-                                 memory_slots="[1, inf)", lru_blend="[0, 1]", expectile="(0, 1)",
-                                 temperature="[0, inf)", gamma="(0, 1]", num_qvalue_nets="[1, inf)",
-                                 target_tau="(0, 1]", steps="[1, inf)", batch="[1, inf)", seq_len="[1, inf)",
-                                 lr="(0, inf)", critic_lr="(0, inf)", grad_clip="(0, inf)", label_smoothing="[0, 1)",
-                                 eval_lengths="[1, inf)", eval_every="[0, inf)", threads="[0, inf)")
+    error = error or range_error(args, expectile="(0, 1)", target_tau="(0, 1]")  # the rest: COMMON_RANGES
     if error:
         return error
     if min(args.oracle, args.wrong_turn, args.wander) < 0 or abs(args.oracle + args.wrong_turn + args.wander - 1) > 1e-6:

@@ -55,7 +55,7 @@ from torchrl_elmur.data.row_states import RowStartStates, recurrent_state_keys
 from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
-from torchrl_elmur.training.cli import parse_dataclass, range_error
+from torchrl_elmur.training.cli import parse_dataclass
 from torchrl_elmur.training.collectors import close_collector
 from torchrl_elmur.training.evaluate import popgym_returns
 from torchrl_elmur.training.policies import MEMORIES, make_actor_critic, rollout_policy
@@ -104,16 +104,8 @@ def check_args(args: Args) -> str | None:
         spec_sizes(args.task)
     except ValueError as err:
         return f"--task: {err}"
-    for name in ("frames", "num_workers", "envs_per_worker", "rollout", "epochs", "minibatch_rows"):
-        if getattr(args, name) < 1:
-            return f"--{name.replace('_', '-')} must be >= 1, received {getattr(args, name)}"
     if args.options and args.options not in OPTION_SETS:
         return f"--options: expected one of {list(OPTION_SETS)}, received {args.options!r}"
-    error = range_error(args, lr="(0, inf)", gamma="(0, 1]", lmbda="[0, 1]", clip="(0, inf)", entropy="[0, inf)",
-                        critic_coef="[0, inf)", max_grad_norm="(0, inf)", width="[1, inf)", segment_len="[1, inf)",
-                        memory_slots="[1, inf)", num_layers="[1, inf)", eval_episodes="[0, inf)", threads="[1, inf)")
-    if error:
-        return error
     try:
         config = elmur_config(args)
     except ValueError as err:  # e.g. a --width that the heads do not divide

@@ -103,7 +103,8 @@ def parse_dataclass(cls: type[T], description: str | None = None, argv: Sequence
 
     Args:
         check: optional ``check(args) -> error message or None``; a message exits with argparse's
-            usage error (status 2).
+            usage error (status 2). It runs after the fields named in :data:`COMMON_RANGES` have
+            been checked against their intervals.
 
     Examples:
         >>> @dataclasses.dataclass
@@ -119,10 +120,11 @@ def parse_dataclass(cls: type[T], description: str | None = None, argv: Sequence
     values = {k: (tuple(v) if isinstance(getattr(cls(), k), tuple) and v is not None else v)
               for k, v in vars(namespace).items()}
     args = cls(**values)
-    if check is not None:
+    message = common_range_error(args)
+    if message is None and check is not None:
         message = check(args)
-        if message:
-            parser.error(message)
+    if message:
+        parser.error(message)
     return args
 
 
@@ -144,7 +146,7 @@ def range_error(args, **intervals: str) -> str | None:
 
     ``intervals`` maps a field name to an interval written as in mathematics: ``"(0, inf)"``,
     ``"[0, 1]"``, ``"[1, inf)"``. NaN is never inside; infinity only where the interval is closed
-    there. List fields are checked value by value.
+    there. List fields are checked value by value; None (an optional field's default) is skipped.
 
     Examples:
         >>> @dataclasses.dataclass
@@ -165,8 +167,49 @@ def range_error(args, **intervals: str) -> str | None:
         low, high = float(match.group(2)), float(match.group(3))
         value = getattr(args, name)
         for v in value if isinstance(value, (list, tuple)) else (value,):
+            if v is None:  # an optional field left at None ("the default")
+                continue
             inside = ((v >= low) if match.group(1) == "[" else (v > low)) and \
                      ((v <= high) if match.group(4) == "]" else (v < high))
             if not inside:
                 return f"--{name.replace('_', '-')} must be in {interval}, received {v}"
     return None
+
+
+# One name means one thing in every script: a field with one of these names must lie in its interval
+# (checked by parse_dataclass before the script's own check; list fields value by value). Fields whose
+# 0 means "none" or "default" in some script (window, chunk, loop_batch, ...) are not here.
+COMMON_RANGES = {
+    **dict.fromkeys(("steps", "batch", "seq_len", "episodes", "rounds", "repeats", "epochs", "frames", "rollout",
+                     "batches", "frames_per_batch", "slice_len", "train_batch", "train_len", "segment_lens",
+                     "lengths", "eval_lengths", "select_every", "width", "hidden", "critic_hidden", "hidden_size",
+                     "input_size", "embed", "segment_len", "memory_slots", "num_layers", "image_size", "num_workers",
+                     "envs_per_worker", "num_envs", "workers", "jobs", "procs", "minibatch_rows",
+                     "cues_per_layout", "num_qvalue_nets", "max_corridor", "train_steps"), "[1, inf)"),
+    **dict.fromkeys(("eval_episodes", "threads", "probe_every", "eval_every", "select_corridor"), "[0, inf)"),
+    **dict.fromkeys(("seed", "seeds", "popgym_seed"), "[0, 4294967295]"),  # numpy's seed range
+    **dict.fromkeys(("lr", "critic_lr", "grad_clip", "max_grad_norm", "clip"), "(0, inf)"),
+    **dict.fromkeys(("label_smoothing",), "[0, 1)"),
+    **dict.fromkeys(("lru_blend", "lmbda", "action_noise", "wander_noise"), "[0, 1]"),
+    **dict.fromkeys(("gamma",), "(0, 1]"),
+    **dict.fromkeys(("entropy", "critic_coef", "decision_weight", "temperature"), "[0, inf)"),
+}
+
+
+def common_range_error(args) -> str | None:
+    """:func:`range_error` over the fields of ``args`` named in :data:`COMMON_RANGES`.
+
+    Examples:
+        >>> @dataclasses.dataclass
+        ... class A:
+        ...     steps: int = 3
+        ...     lr: float = 1e-3
+        ...     note: str = "x"
+        >>> common_range_error(A()) is None
+        True
+        >>> common_range_error(A(steps=0))
+        '--steps must be in [1, inf), received 0'
+    """
+    names = [f.name for f in dataclasses.fields(args) if f.name in COMMON_RANGES]  # in the order of --help
+    return range_error(args, **{name: COMMON_RANGES[name] for name in names}) if names else None
+
