@@ -100,9 +100,12 @@ def write_report(name: str, header: str, rows: Sequence[dict], columns: Sequence
 
 
 def grouped_bars(table: dict[str, dict[str, float]], columns: Sequence[str], path: str | Path, *, ylabel: str, title: str,
-                 marks: dict[str, float] | None = None, ylim: tuple[float, float] | None = None) -> None:
+                 marks: dict[str, float] | None = None, ylim: tuple[float, float] | None = None,
+                 per_panel: int = 8) -> None:
     """A PNG of one group of bars per row of ``table`` (``{row: {column: value}}``), one bar per column;
-    ``marks``: a dotted line per row at that value (e.g. chance)."""
+    ``marks``: a dotted line per row at that value (e.g. chance). More than ``per_panel`` rows wrap
+    into panels stacked vertically (same y-axis, one legend), so that 48 tasks stay readable at the
+    width of a page instead of one strip of 48 groups."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,23 +113,32 @@ def grouped_bars(table: dict[str, dict[str, float]], columns: Sequence[str], pat
     import numpy as np
 
     rows = list(table)
+    chunks = [rows[i:i + per_panel] for i in range(0, len(rows), per_panel)] or [[]]
+    values = [table[r].get(c, 0.0) for r in rows for c in columns] + [0.0] + list((marks or {}).values())
+    low, high = ylim if ylim is not None else (min(values), max(values))
+    pad = 0.05 * (high - low or 1.0)
     width = 0.8 / len(columns)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows)), 3.6))
-    for i, c in enumerate(columns):
-        ax.bar(np.arange(len(rows)) + (i - (len(columns) - 1) / 2) * width, [table[r].get(c, 0.0) for r in rows], width,
-               label=c)
-    for j, r in enumerate(rows):
-        if marks and r in marks:
-            ax.hlines(marks[r], j - 0.4, j + 0.4, colors="black", linestyles="dotted", linewidth=1)
-    ax.set_xticks(np.arange(len(rows)), rows, rotation=30 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center",
-                  fontsize=8)
-    ax.axhline(0.0, color="black", linewidth=0.5)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, ncol=len(columns))
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    panel_width = max(5.0, 1.3 * len(chunks[0])) if len(chunks) == 1 else 1.3 * per_panel
+    fig, axes = plt.subplots(len(chunks), 1, figsize=(panel_width, 0.6 + 2.9 * len(chunks)), squeeze=False)
+    for ax, chunk in zip(axes[:, 0], chunks):
+        x = np.arange(len(chunk))
+        for i, c in enumerate(columns):
+            ax.bar(x + (i - (len(columns) - 1) / 2) * width, [table[r].get(c, 0.0) for r in chunk], width, label=c,
+                   color=f"C{i}")
+        for j, r in enumerate(chunk):
+            if marks and r in marks:
+                ax.hlines(marks[r], j - 0.4, j + 0.4, colors="black", linestyles="dotted", linewidth=1)
+        slanted = len(chunk) > 3
+        ax.set_xticks(x, chunk, rotation=25 if slanted else 0, ha="right" if slanted else "center", fontsize=8)
+        ax.set_xlim(-0.6, (per_panel if len(chunks) > 1 else len(chunk)) - 0.4)
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_ylim(*(ylim if ylim is not None else (low - pad, high + pad)))
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.grid(axis="y", linewidth=0.3, alpha=0.5)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=len(columns), loc="upper center", bbox_to_anchor=(0.5, 1.0 - 0.25 / fig.get_figheight()))
+    fig.suptitle(title, fontsize=10, y=1.0 - 0.02 / fig.get_figheight())
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -115,6 +115,7 @@ def collection_row(args: Args, memory: str, workers: int) -> dict:
     """The online PPO tutorial's actor + critic and its collector (``--collector distributed``)."""
     import online_ppo
 
+    from torchrl_elmur.training.collectors import close_collector
     from torchrl_elmur.training.policies import make_actor_critic, rollout_policy
 
     torch.set_num_threads(1)
@@ -135,7 +136,7 @@ def collection_row(args: Args, memory: str, workers: int) -> dict:
             collector.update_policy_weights_()
         seconds = time.perf_counter() - start
     finally:
-        collector.shutdown()
+        close_collector(collector)  # workers and weight-sync queues, on errors too
     return {"what": "collection frames/s", "memory": memory, "procs": workers, "rate": args.batches * frames / seconds}
 
 
