@@ -101,6 +101,12 @@ def check(args: Args) -> str | None:
         return f"--device: expected cpu or cuda (with a GPU), received {args.device!r}"
     if args.image_size < 36:
         return f"--image-size must be >= 36 (the encoder's three convolutions), received {args.image_size}"
+    if "elmur" in args.policies:
+        for task in args.tasks:
+            try:
+                elmur_config(task, args)
+            except ValueError as err:  # e.g. a --width that the heads do not divide
+                return f"ELMUR configuration from --width/--preset: {err}"
     return None
 
 

@@ -97,6 +97,11 @@ def check(args: Args) -> str | None:
         return error
     if args.options and args.options not in OPTION_SETS:
         return f"--options: expected one of {list(OPTION_SETS)}, received {args.options!r}"
+    if "elmur" in args.policies:
+        try:
+            elmur_config(args)
+        except ValueError as err:  # e.g. a --width that the heads do not divide
+            return f"ELMUR configuration from --width/--preset: {err}"
     window, chunk = resolved_window(args)
     if window % chunk:
         return f"--chunk ({chunk}) must divide --window ({window})"

@@ -105,9 +105,15 @@ class Args:
 
 def check_args(args: Args) -> str | None:
     error = episodes_error({"--eval-episodes": args.eval_episodes})
-    error = error or range_error(args, expectile="(0, 1)", target_tau="(0, 1]")  # the rest: COMMON_RANGES
+    error = error or range_error(args, expectile="(0, 1)", target_tau="(0, 1]", oracle="[0, 1]", wrong_turn="[0, 1]",
+                                 wander="[0, 1]")  # the rest: COMMON_RANGES
     if error:
         return error
+    for flag, width in (("--hidden", args.hidden), ("--critic-hidden", args.critic_hidden)):
+        try:
+            elmur_config(args, width)
+        except ValueError as err:  # e.g. a width that the heads do not divide
+            return f"ELMUR configuration from {flag}/--segment-len/--memory-slots/--lru-blend: {err}"
     if min(args.oracle, args.wrong_turn, args.wander) < 0 or abs(args.oracle + args.wrong_turn + args.wander - 1) > 1e-6:
         return (f"--oracle, --wrong-turn and --wander must be >= 0 and sum to 1, received "
                 f"{args.oracle}, {args.wrong_turn}, {args.wander}")
@@ -127,17 +133,20 @@ def check_args(args: Args) -> str | None:
 # `state_key`, explicit state keys for LSTMModule/GRUModule. The critics are narrower than
 # the actor (--critic-hidden) because only the actor is evaluated on long corridors.
 # ----------------------------------------------------------------------------------------------
+def elmur_config(args: Args, width: int) -> ELMURConfig:
+    """The configuration the README's IQL numbers were measured with: a write-once memory
+    (lru_blend=0: once both slots are full a write only refreshes a timestamp), gradients through
+    memory, no memory dropout. The BC tutorial's memory that keeps updating (lambda 0.79, detached,
+    with the released options) has not been measured with IQL."""
+    return ELMURConfig.tmaze(input_size=width, d_model=width, segment_len=args.segment_len,
+                             memory_slots=args.memory_slots, lru_blend=args.lru_blend,
+                             detach_memory=args.detach_memory, memory_dropout=0.0)
+
+
 def make_memory(kind: str, args: Args, prefix: str, width: int) -> nn.Module:
     value, output = f"{prefix}_embed", f"{prefix}_memory"
     if kind == "elmur":
-        # The configuration the README's IQL numbers were measured with: a write-once memory
-        # (lru_blend=0: once both slots are full a write only refreshes a timestamp), gradients
-        # through memory, no memory dropout. The BC tutorial's memory that keeps updating
-        # (lambda 0.79, detached, with the released options) has not been measured with IQL.
-        config = ELMURConfig.tmaze(input_size=width, d_model=width, segment_len=args.segment_len,
-                                   memory_slots=args.memory_slots, lru_blend=args.lru_blend,
-                                   detach_memory=args.detach_memory, memory_dropout=0.0)
-        return ELMURModule(config=config, in_key=value, out_key=output, state_key=f"{prefix}_state")
+        return ELMURModule(config=elmur_config(args, width), in_key=value, out_key=output, state_key=f"{prefix}_state")
     if kind == "lstm":
         h, c = f"{prefix}_h", f"{prefix}_c"
         return LSTMModule(input_size=width, hidden_size=width, in_keys=[value, h, c], out_keys=[output, ("next", h), ("next", c)])
