@@ -44,7 +44,7 @@ from torchrl_elmur.envs.popgym_env import task_name  # noqa: E402
 from torchrl_elmur.envs.popgym_oracles import family_of  # noqa: E402
 from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss  # noqa: E402
 from torchrl_elmur.training import train_bc  # noqa: E402
-from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass  # noqa: E402
+from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error  # noqa: E402
 from torchrl_elmur.training.distributed import DistributedContext, main_first, shutdown, wrap_ddp  # noqa: E402
 from torchrl_elmur.training.evaluate import popgym_returns  # noqa: E402
 from torchrl_elmur.training.policies import make_bc_actor  # noqa: E402
@@ -102,6 +102,9 @@ def check(args: Args) -> str | None:
             elmur_config(args)
         except ValueError as err:  # e.g. a --width that the heads do not divide
             return f"ELMUR configuration from --width/--preset: {err}"
+    error = range_error(args, window="[0, inf)", chunk="[0, inf)")  # 0: the default
+    if error:
+        return error
     window, chunk = resolved_window(args)
     if window % chunk:
         return f"--chunk ({chunk}) must divide --window ({window})"

@@ -19,7 +19,6 @@ and ends with one JSON line.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -37,36 +36,32 @@ from common import best_of, format_table, machine, state_bytes_per_env, write_cs
 from step_cost import step_path_ms, window_recompute_ms  # noqa: E402
 
 from torchrl_elmur import ELMURConfig, ELMURModule, set_state_layout  # noqa: E402
+from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
 
 D = 128
 
 
 @dataclass
 class Args:
-    device: str = "cpu"
-    repeats: int = 3
-    batches: list[int] = field(default_factory=lambda: [1, 256])
-    segment_lens: list[int] = field(default_factory=lambda: [10, 60])
-    train_batch: int = 64
-    train_len: int = 30
-    compile: bool = False
-    threads: int = 0
+    device: str = "cpu"  # cpu or cuda
+    repeats: int = 3  # timed repeats (the best is kept)
+    batches: list[int] = field(default_factory=lambda: [1, 256])  # envs stepped together
+    segment_lens: list[int] = field(default_factory=lambda: [10, 60])  # ELMUR K
+    train_batch: int = 64  # rows per training batch
+    train_len: int = 30  # steps per training row
+    compile: bool = False  # also time the step path under torch.compile
+    threads: int = 0  # torch threads (0: default)
     out: str = "outputs/benchmarks"
 
 
+def check(args: Args) -> str | None:
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        return f"--device: expected cpu or cuda (with a GPU), received {args.device!r}"
+    return None
+
+
 def parse_args() -> Args:
-    d = Args()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--repeats", type=int, default=d.repeats)
-    p.add_argument("--batches", type=int, nargs="+", default=d.batches)
-    p.add_argument("--segment-lens", type=int, nargs="+", default=d.segment_lens)
-    p.add_argument("--train-batch", type=int, default=d.train_batch)
-    p.add_argument("--train-len", type=int, default=d.train_len)
-    p.add_argument("--compile", action="store_true", help="also time the step path under torch.compile")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
-    p.add_argument("--out", default=d.out)
-    return Args(**{k.replace("-", "_"): v for k, v in vars(p.parse_args()).items()})
+    return parse_dataclass(Args, __doc__.splitlines()[0], check=check)
 
 
 def make_module(kind: str, segment_len: int = 10, device: str = "cpu"):

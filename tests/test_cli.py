@@ -60,6 +60,11 @@ SCRIPTS = sorted(str(p.relative_to(ROOT)) for d in ("tutorials", "benchmarks") f
                  if "class Args" in p.read_text())
 
 
+def test_every_script_reads_its_command_line_with_parse_dataclass():
+    """So that the checks below are the ones its command line gets."""
+    assert [s for s in SCRIPTS if "parse_dataclass(Args" not in (ROOT / s).read_text()] == []
+
+
 def test_every_script_refuses_bad_values_of_every_common_flag(tmp_path):
     """Each script's Args, loaded as its main() would (one subprocess for all: no import side effects
     here), refuses for every field named in COMMON_RANGES a value outside the interval (and nan for
