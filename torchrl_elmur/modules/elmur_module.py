@@ -129,7 +129,11 @@ class ELMURModule(TensorDictModuleBase):
 
     Keyword Args:
         num_heads, memory_slots, segment_len, lru_blend: H, M, K, lambda (defaults: ELMURConfig's).
-        config: an :class:`ELMURConfig`, exclusive with the size arguments above.
+            Everything else is ELMURConfig's default too: LayerNorm, PyTorch init, MLP FFN, no
+            dropout, gradients through memory across segments (``detach_memory=False``); chosen
+            on the project's three benchmark families (:class:`ELMURConfig` says how).
+        config: an :class:`ELMURConfig`, exclusive with the size arguments above (e.g. a
+            published preset, ``ELMURConfig.tmaze_released(input_size=64)``).
         in_key / in_keys: the value key (the state key is then ``state_key``), or the full list
             ``[value, state key]`` or ``[value, k1, k2]`` (``"is_init"`` is appended if absent).
         out_key / out_keys: the output key (the next state then goes to ``("next", state key)``),
