@@ -231,7 +231,8 @@ def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
             time.sleep(3)
             os.killpg(proc.pid, signal.SIGINT)
             start = time.monotonic()
-            proc.communicate(timeout=30)
+            _, stderr = proc.communicate(timeout=30)
+            assert proc.returncode == 130 and "online_ppo: interrupted" in stderr, stderr[-2000:]
         else:
             start = time.monotonic()
             _, stderr = proc.communicate(timeout=150)

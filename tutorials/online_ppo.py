@@ -56,7 +56,7 @@ from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
 from torchrl_elmur.training.cli import parse_dataclass
-from torchrl_elmur.training.collectors import close_collector
+from torchrl_elmur.training.collectors import close_collector, exit_on_interrupt
 from torchrl_elmur.training.evaluate import popgym_returns
 from torchrl_elmur.training.policies import MEMORIES, make_actor_critic, rollout_policy
 
@@ -358,4 +358,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_interrupt(main, "online_ppo")

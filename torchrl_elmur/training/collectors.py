@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import atexit
 import gc
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
 
 
 def close_collector(collector) -> None:
@@ -37,3 +42,47 @@ def close_open_schemes() -> int:
 
 
 atexit.register(close_open_schemes)
+
+
+def stop_children(timeout: float = 3.0) -> int:
+    """Terminate every worker process this process started (then kill what is left after
+    ``timeout`` seconds); returns how many there were."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout=timeout)
+        if child.is_alive():
+            child.kill()
+    return len(children)
+
+
+def exit_on_interrupt(main: Callable[[], None], name: str) -> None:
+    """Run ``main()`` so that a run with worker processes always ends, and ends them.
+
+    On Ctrl-C (SIGINT; wherever it lands: in the learner, or in a collector still starting its
+    workers, which may turn it into another error): stop every worker process this process
+    started and exit at once with status 130 and one line, skipping the interpreter's
+    finalization (where a half-built collector's queues can block for ever). On any other error:
+    stop the workers, then let the error end the run as usual (traceback, status 1).
+    """
+    interrupted = False
+
+    def on_sigint(signum, frame):
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        main()
+    except BaseException:
+        stopped = stop_children()
+        if not interrupted:
+            raise
+        print(f"{name}: interrupted; stopped {stopped} worker process(es)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
