@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("post", "pre")
@@ -87,7 +88,7 @@ class ELMURConfig:
     Transformer:
         d_model: token and memory width D (divisible by ``num_heads``).
         num_layers: L, each with its own memory bank.
-        num_heads: H.
+        num_heads: H, the attention heads.
         d_ff: hidden width of the token and memory feed-forward nets (default 4 * D).
         input_size: width of the incoming token features; a linear projection to D is added
             when it differs from D (default: D, no projection).
@@ -309,6 +310,10 @@ OPTION_SETS: dict[str, dict] = {
     "released": _RELEASED,
     "released-no-detach": dict(_RELEASED, detach_memory=False),
 }
+
+
+# The names of OPTION_SETS, as a type: a command-line field ``options: OptionSetName | None`` offers them as choices.
+OptionSetName = Literal["bare", "bare-no-detach", "rmsnorm-no-detach", "released", "released-no-detach"]
 
 
 def with_options(config: ELMURConfig, name: str) -> ELMURConfig:

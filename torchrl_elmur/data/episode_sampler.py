@@ -18,7 +18,7 @@ class EpisodeStartSampler(Sampler):
     ``seq_len``; reshape a sample with ``.reshape(-1, seq_len)``.
 
     Args:
-        seq_len: T.
+        seq_len: T, the steps of each row.
         start_key: bool key marking episode starts (default ``"is_init"``).
         generator: optional ``torch.Generator`` for reproducible sampling.
     """
@@ -62,7 +62,13 @@ class EpisodeStartSampler(Sampler):
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seq_len": self.seq_len}
+        """``seq_len`` and the generator's state (None without a generator): what continues the
+        sequence of samples exactly after :meth:`load_state_dict` (a resumed training run)."""
+        return {"seq_len": self.seq_len, "generator": None if self.generator is None else self.generator.get_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seq_len = state_dict["seq_len"]
+        if state_dict.get("generator") is not None:
+            if self.generator is None:
+                self.generator = torch.Generator()
+            self.generator.set_state(state_dict["generator"])

@@ -1,7 +1,9 @@
-"""Offline MIKASA-Robo data: the scripted oracle acts on privileged state while the env records pixels.
+"""Offline MIKASA-Robo data: the scripted oracle acts on privileged state while the env records what a policy sees.
 
 Same offline format as the T-Maze and POPGym data: one flat TensorDict ``[N]`` of transitions,
-episode after episode, with ``pixels`` (uint8 ``[6, H, W]``, stored as uint8), ``proprio``,
+episode after episode, with the observation (``obs_mode="rgb"``: ``pixels``, uint8 ``[6, H, W]``,
+stored as uint8, and ``proprio``; ``obs_mode="visible_state"``: ``visible_state``, see
+:func:`~torchrl_elmur.envs.mikasa_env.visible_state`),
 ``action`` (float32, the task's control mode, see :data:`~torchrl_elmur.envs.MIKASA_TASKS`),
 ``is_init`` (True at each episode's first step), ``episode`` (int64 id) and ``("next", reward /
 done / terminated / truncated / success / success_once)``. No next pixels: behaviour cloning reads
@@ -17,8 +19,9 @@ differ only in the cue, so the reach cannot be fitted from the layout alone.
 dims, while ``action`` stores the oracle's clean action at the state actually visited. The arm's
 path then no longer gives the target away frame by frame (behaviour cloning's copycat shortcut)
 and the data show how to come back from a wrong direction.
-Rendering is the cost (about 8 steps/s per process on this project's 2-core CPU, either image
-size): ``workers`` processes play disjoint seed ranges.
+Rendering is the cost in rgb (about 8 steps/s per process on this project's 2-core CPU, either image
+size; visible_state renders nothing: about 150-190 steps/s, oracle included): ``workers`` processes
+play disjoint seed ranges.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from ..envs.mikasa_env import ManiSkillEnv, mikasa_task, num_colours
 from .storage import EVAL_SEED, cached_dataset
 
 FORMAT_VERSION = 1  # bump when the stored format or the oracles change
-STEP_KEYS = ("pixels", "proprio")
+STEP_KEYS = {"rgb": ("pixels", "proprio"), "state": ("state",), "visible_state": ("visible_state",)}  # recorded per obs_mode
 NEXT_KEYS = ("reward", "done", "terminated", "truncated", "success", "success_once")
 NOISE_STEPS = (10, 30)  # RememberColor: the steps whose executed action gets ``action_noise`` (after the cue's 10, the reach)
 
@@ -110,8 +113,8 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
         action_noise: RememberColor: standard deviation of the noise on the executed reach
             (:func:`perturb`, steps :data:`NOISE_STEPS`; drawn from a generator seeded with the
             episode id, so the data do not depend on ``workers``); ``action`` stays the oracle's.
-        obs_mode: ``"rgb"`` records ``pixels`` and ``proprio``; ``"state"`` renders nothing (fast:
-            the oracle's own success rate) and records ``state``.
+        obs_mode: ``"rgb"`` records ``pixels`` and ``proprio``; ``"visible_state"`` renders nothing
+            and records ``visible_state``; ``"state"`` (the oracle's own success rate) records ``state``.
         terminate_on_success: end each episode at its first success.
         report: optional callable, called with 1 after each episode (progress across processes).
 
@@ -124,7 +127,7 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
     check_action_noise(task, action_noise)
     torch.set_num_threads(1)
     env = ManiSkillEnv(task, image_size=image_size, seed=seed, obs_mode=obs_mode, terminate_on_success=terminate_on_success)
-    keys = STEP_KEYS if obs_mode == "rgb" else ("state",)
+    keys = STEP_KEYS[obs_mode]
     oracle = make_oracle(task)
     episodes = []
 
@@ -168,17 +171,20 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
     return torch.cat(episodes)
 
 
-def _play_shard(task: str, count: int, seed: int, image_size: int, cues: int, noise: float, done_queue) -> TensorDict:
-    return play_mikasa_episodes(task, count, seed, image_size=image_size, progress=False, report=done_queue.put,
-                                cues_per_layout=cues, action_noise=noise)
+def _play_shard(task: str, count: int, seed: int, image_size: int, obs_mode: str, cues: int, noise: float,
+                done_queue) -> TensorDict:
+    return play_mikasa_episodes(task, count, seed, image_size=image_size, obs_mode=obs_mode, progress=False,
+                                report=done_queue.put, cues_per_layout=cues, action_noise=noise)
 
 
 def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, image_size: int = 64, workers: int = 1,
                         cache_dir: str | Path | None = "outputs/cache/mikasa", progress: bool = True,
-                        cues_per_layout: int = 1, action_noise: float = 0.0) -> TensorDict:
+                        cues_per_layout: int = 1, action_noise: float = 0.0, obs_mode: str = "rgb") -> TensorDict:
     """Oracle episodes of a MIKASA-Robo task, stored in a ``LazyMemmapStorage`` under ``cache_dir``.
 
-    Built once per (task, episodes, seed, image size, cues per layout, format); later calls load
+    ``obs_mode``: ``"rgb"`` (two cameras at ``image_size``) or ``"visible_state"`` (what the cameras
+    show as a vector, nothing rendered; ``image_size`` unused).
+    Built once per (task, episodes, seed, obs mode, image size, cues per layout, format); later calls load
     the memory-mapped copy. ``workers > 1`` plays contiguous seed ranges in that many processes
     (spawned). ``cache_dir=None``: build in memory, store nothing. ``cues_per_layout``: see
     :func:`play_mikasa_episodes` (``num_episodes`` counts every episode, layouts are
@@ -191,6 +197,9 @@ def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, im
     for name, value, low in (("num_episodes", num_episodes, 1), ("workers", workers, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"make_mikasa_dataset: {name} must be an int >= {low}, received {value!r}.")
+    if obs_mode not in ("rgb", "visible_state"):
+        raise ValueError(f"make_mikasa_dataset: obs_mode={obs_mode!r} is invalid: expected 'rgb' or 'visible_state' "
+                         "(the observations a policy may learn from).")
     check_cues_per_layout(task, num_episodes, cues_per_layout)
     check_action_noise(task, action_noise)
     layouts = num_episodes // cues_per_layout
@@ -199,31 +208,34 @@ def make_mikasa_dataset(task: str, num_episodes: int = 100, seed: int = 0, *, im
                          f"there), received seed={seed}, layouts={layouts}.")
     meta = {"task": task, "num_episodes": num_episodes, "seed": seed, "image_size": image_size, "format": FORMAT_VERSION}
     name = f"{task}_{num_episodes}_{seed}_{image_size}px"
+    if obs_mode != "rgb":  # (absent for rgb: the caches built before the option stay valid)
+        meta["obs_mode"], name = obs_mode, f"{task}_{num_episodes}_{seed}_{obs_mode}"
+        del meta["image_size"]
     if cues_per_layout > 1:  # (absent when 1: the caches built before the option stay valid)
         meta["cues_per_layout"], name = cues_per_layout, f"{name}_{cues_per_layout}cues"
     if action_noise:  # (likewise)
         meta["action_noise"], name = float(action_noise), f"{name}_noise{action_noise:g}"
     folder = None if cache_dir is None else Path(cache_dir) / name
     start = time.perf_counter()
-    return cached_dataset(folder, meta, lambda: _build(task, num_episodes, seed, image_size, workers, progress,
+    return cached_dataset(folder, meta, lambda: _build(task, num_episodes, seed, image_size, obs_mode, workers, progress,
                                                        cues_per_layout, float(action_noise)),
                           extra=lambda data: {"oracle_success": oracle_success(data),
                                               "build_seconds": time.perf_counter() - start})
 
 
-def _build(task: str, num_episodes: int, seed: int, image_size: int, workers: int, progress: bool,
+def _build(task: str, num_episodes: int, seed: int, image_size: int, obs_mode: str, workers: int, progress: bool,
            cues: int, noise: float) -> TensorDict:
     layouts = num_episodes // cues
     workers = min(workers, layouts)
     if workers == 1:
-        return play_mikasa_episodes(task, num_episodes, seed, image_size=image_size, progress=progress,
+        return play_mikasa_episodes(task, num_episodes, seed, image_size=image_size, obs_mode=obs_mode, progress=progress,
                                     cues_per_layout=cues, action_noise=noise)
     bounds = [round(i * layouts / workers) for i in range(workers + 1)]  # layouts per worker
     context = mp.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         done_queue = manager.Queue()  # one item per finished episode, from every worker
         futures = [pool.submit(_play_shard, task, (bounds[i + 1] - bounds[i]) * cues, seed + bounds[i], image_size,
-                               cues, noise, done_queue)
+                               obs_mode, cues, noise, done_queue)
                    for i in range(workers)]
         with tqdm(total=num_episodes, desc=f"{task} episodes ({workers} processes)", disable=not progress,
                   dynamic_ncols=True) as bar:

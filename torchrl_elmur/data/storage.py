@@ -1,4 +1,11 @@
-"""What the on-disk oracle datasets share: the evaluation seeds they stay clear of, and one cache on disk."""
+"""What the oracle datasets of every family share: the seed rule, one cache on disk, one replay buffer.
+
+The seed rule, everywhere in the package, its tutorials and benchmarks: a dataset of ``N`` episodes
+made with ``seed`` plays seeds ``seed .. seed + N - 1`` (all below :data:`EVAL_SEED`); evaluation
+episode ``i`` plays seed ``EVAL_SEED + i``, whatever the training seed (every run of a benchmark is
+scored on the same episodes); validation episodes (checkpoint selection during training) play
+``VALIDATION_SEED + i``. The three ranges are disjoint for fewer than 500,000 evaluation episodes.
+"""
 from __future__ import annotations
 
 import json
@@ -8,12 +15,15 @@ from pathlib import Path
 
 import torch
 from tensordict import TensorDict
-from torchrl.data import LazyMemmapStorage
+from torchrl.data import LazyMemmapStorage, TensorDictReplayBuffer, TensorStorage
+
+from .episode_sampler import EpisodeStartSampler
 
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + i; datasets must stay below
+VALIDATION_SEED = 1_500_000  # validation episodes (checkpoint selection) use seeds VALIDATION_SEED + i
 
 
-def cached_dataset(folder: Path | None, meta: dict, build: Callable[[], TensorDict],
+def cached_dataset(folder: str | Path | None, meta: dict, build: Callable[[], TensorDict],
                    extra: Callable[[TensorDict], dict] | None = None) -> TensorDict:
     """``build()``'s flat TensorDict, stored once in a TorchRL ``LazyMemmapStorage`` under ``folder``.
 
@@ -24,6 +34,7 @@ def cached_dataset(folder: Path | None, meta: dict, build: Callable[[], TensorDi
     """
     if folder is None:
         return build()
+    folder = Path(folder)
     meta_file = folder / "meta.json"
     if meta_file.exists():
         stored = json.loads(meta_file.read_text())
@@ -36,3 +47,13 @@ def cached_dataset(folder: Path | None, meta: dict, build: Callable[[], TensorDi
     storage.set(torch.arange(len(data)), data)
     meta_file.write_text(json.dumps({**meta, **(extra(data) if extra is not None else {})}))
     return TensorDict.load_memmap(folder / "storage")
+
+
+def make_offline_replay_buffer(data: TensorDict, batch_size: int, seq_len: int, seed: int | None = None) -> TensorDictReplayBuffer:
+    """A replay buffer over ``data`` that samples ``[batch_size * seq_len]`` episode-aligned
+    transitions; ``rb.sample().reshape(batch_size, seq_len)`` gives ``[B, T]``."""
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return TensorDictReplayBuffer(
+        storage=TensorStorage(data), sampler=EpisodeStartSampler(seq_len, generator=generator),
+        batch_size=batch_size * seq_len,
+    )

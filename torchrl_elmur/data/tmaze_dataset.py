@@ -1,16 +1,14 @@
 """Offline T-Maze data: oracle episodes, generated deterministically (no downloads)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tensordict import TensorDict
-from torchrl.data import TensorDictReplayBuffer, TensorStorage
 from torchrl.envs import Compose, InitTracker, TransformedEnv
 
 from ..envs import TMazeEnv, TMazeOracle
-from .episode_sampler import EpisodeStartSampler
+from .storage import cached_dataset
 
 KEEP = ["observation", "action", "is_init", ("next", "observation"), ("next", "reward"), ("next", "done"),
         ("next", "terminated"), ("next", "truncated")]
@@ -36,26 +34,13 @@ def collect_episodes(policy, corridor_lengths: torch.Tensor, seed: int = 0) -> T
     return rollout[keep]
 
 
-def cached_dataset(cache: str | Path | None, meta: dict, build: Callable[[], TensorDict]) -> TensorDict:
-    """``build()``, or the copy saved in ``cache`` when it was made with the same ``meta``
-    (the generator's arguments); a new build is saved there. ``cache=None``: always build."""
-    if cache is not None and Path(cache).exists():
-        saved = torch.load(cache, weights_only=False)
-        if saved["meta"] == meta:
-            return saved["data"]
-    data = build()
-    if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"meta": meta, "data": data}, cache)
-    return data
-
-
 def make_tmaze_dataset(num_episodes: int = 2000, min_corridor: int = 1, max_corridor: int = 28, seed: int = 0,
                        cache: str | Path | None = None) -> TensorDict:
     """Oracle T-Maze episodes with corridor lengths uniform in ``[min_corridor, max_corridor]``.
 
-    Deterministic for a given ``seed``. ``cache``: optional file; loaded if it exists (and was made
-    with the same arguments), else written after generation.
+    Deterministic for a given ``seed``. ``cache``: optional folder; loaded (memory-mapped) if it
+    holds a build with the same arguments, else written after generation
+    (:func:`~torchrl_elmur.data.storage.cached_dataset`).
 
     Returns:
         a flat TensorDict ``[N]`` (see :func:`collect_episodes`); episodes of at most
@@ -71,13 +56,3 @@ def make_tmaze_dataset(num_episodes: int = 2000, min_corridor: int = 1, max_corr
         return collect_episodes(TMazeOracle(), lengths, seed=seed)
 
     return cached_dataset(cache, meta, build)
-
-
-def make_offline_replay_buffer(data: TensorDict, batch_size: int, seq_len: int, seed: int | None = None) -> TensorDictReplayBuffer:
-    """A replay buffer over ``data`` that samples ``[batch_size * seq_len]`` episode-aligned
-    transitions; ``rb.sample().reshape(batch_size, seq_len)`` gives ``[B, T]``."""
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return TensorDictReplayBuffer(
-        storage=TensorStorage(data), sampler=EpisodeStartSampler(seq_len, generator=generator),
-        batch_size=batch_size * seq_len,
-    )

@@ -26,7 +26,8 @@ from tensordict import TensorDict, TensorDictBase
 
 from ..envs import TMazeOracle
 from ..envs.tmaze_rules import DOWN, NUM_ACTIONS, UP
-from .tmaze_dataset import cached_dataset, collect_episodes
+from .storage import cached_dataset
+from .tmaze_dataset import collect_episodes
 
 BEHAVIOURS = ("oracle", "wrong_turn", "wander")  # the int in the dataset's "behaviour" key indexes this
 DEFAULT_FRACTIONS = {"oracle": 0.3, "wrong_turn": 0.5, "wander": 0.2}
@@ -127,14 +128,14 @@ def make_tmaze_mixed_dataset(num_episodes: int = 2000, fractions: dict[str, floa
     own env stream (hint and noise), whatever its behaviour. Deterministic for a given ``seed``.
 
     Args:
-        num_episodes: E.
+        num_episodes: E, the number of episodes.
         fractions: share of each behaviour (keys from :data:`BEHAVIOURS`, summing to 1; default
             :data:`DEFAULT_FRACTIONS`); counts from :func:`episode_counts`.
         wander_noise: the wanderer's probability of a random action at each corridor step.
         min_corridor, max_corridor: corridor lengths uniform in this range (episodes of at most
             ``max_corridor + 2`` steps).
         seed: seed of the corridor lengths, the env streams, the shuffle and the wanderer.
-        cache: optional file; loaded if it exists (and was made with the same arguments), else
+        cache: optional folder; loaded (memory-mapped) if it holds a build with the same arguments, else
             written after generation.
 
     Examples:

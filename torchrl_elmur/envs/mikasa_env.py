@@ -9,7 +9,9 @@ process (the CPU simulator allows ``num_envs=1``). Several processes: a ``Parall
 Keys (``obs_mode="rgb"``): ``pixels`` uint8 ``[6, H, W]`` (``base_camera`` RGB then
 ``hand_camera`` RGB, channels first, as in the paper), ``proprio`` float32 ``[25]`` (joint
 positions 9, joint velocities 9, TCP pose 7); ``obs_mode="state"``: ``state`` float32 (the task's
-privileged state vector, cue included). Always: ``action`` float32 in ``[-1, 1]``, ``("next",
+privileged state vector, cue included); ``obs_mode="visible_state"``: ``visible_state`` float32
+(:func:`visible_state`: the privileged state restricted to what the two cameras show at this
+step, nothing rendered; a CPU's memory benchmark). Always: ``action`` float32 in ``[-1, 1]``, ``("next",
 "reward")`` ``[1]``, ``done / terminated / truncated`` ``[1]``, ``success`` (this step) and
 ``success_once`` (any step of the episode so far) bool ``[1]``, ``step_count`` int64 ``[1]``.
 
@@ -43,7 +45,9 @@ MIKASA_TASKS = {
     "RememberColor9-v0": ("RememberColor", "pd_ee_delta_pos"),
     "TakeItBack-v0": ("TakeItBack", "pd_ee_delta_pose"),
 }
-OBS_MODES = ("rgb", "state")
+OBS_MODES = ("rgb", "state", "visible_state")
+HIDDEN_Z = 10.0  # the tasks hide an object from the cameras by moving it to z = 1000 (m)
+ROBOT_SIZE = 16  # visible_state's robot part: joint positions 9, TCP pose 7
 CAMERAS = ("base_camera", "hand_camera")
 
 
@@ -163,13 +167,71 @@ def allow_cue_choice(raw) -> None:
     raw._initialize_episode = types.MethodType(patched_initialize, raw)
 
 
+def visible_state_size(task: str) -> int:
+    """Width of :func:`visible_state` for ``task``: 16 (robot) + ``n * (4 + n)`` for RememberColor
+    with ``n`` colours, 16 + 11 for TakeItBack.
+
+    Examples:
+        >>> visible_state_size("RememberColor3-v0"), visible_state_size("RememberColor9-v0"), visible_state_size("TakeItBack-v0")
+        (37, 133, 27)
+    """
+    n = num_colours(task)
+    return ROBOT_SIZE + (n * (4 + n) if n else 11)
+
+
+def _shown(pose_p: torch.Tensor) -> torch.Tensor:
+    """``[1]`` float: 1 when the object is where the cameras can see it (not moved to z = 1000)."""
+    return (pose_p.reshape(-1, 3)[:1, 2] < HIDDEN_Z).float()
+
+
+def visible_state(raw) -> torch.Tensor:
+    """The privileged state of a MIKASA-Robo env restricted to what its two cameras show now: ``[D]``
+    float32 (:func:`visible_state_size`), read from the raw env (``ManiSkillEnv.raw.unwrapped``)
+    after a reset or step, whatever its ``obs_mode``.
+
+    - Robot (all tasks): joint positions 9 and TCP pose 7 (position, wxyz quaternion): the arm's
+      posture as a frame shows it. Joint velocities are left out: no single frame shows them (a
+      policy infers motion from successive observations, as from pixels), and with them every
+      memory learned to copy its own motion (the oracle's action follows the arm's velocity during
+      a reach), so that a small error while the oracle holds still grew into a reach.
+    - RememberColor (``n`` colours): per cube, in colour order: shown (1 or 0), position ``[3]``
+      where it is shown (zeros while hidden), colour one-hot ``[n]``. The task shows only the target
+      cube, at the centre of the table, at steps 0-4, no cube at steps 5-9, every cube at its place
+      from step 10, and does it by moving hidden cubes to z = 1000: "shown" is exactly that.
+      ``true_color_indices`` / ``oracle_info`` (the target) never enter; which cube was shown at
+      steps 0-4 is the cue a policy must remember.
+    - TakeItBack: cube pose ``[7]``, goal region position ``[3]``, goal lit (1 once the goal turned
+      purple: the task swaps the red disc for a purple one from the step after the cube first
+      reached it). The initial region (hidden from the cameras, ``oracle_info``) never enters: a
+      policy must remember where the cube stood at the start.
+
+    Shown means not hidden by the task; an object the arm happens to occlude still counts as shown.
+    """
+    agent = raw.agent
+    parts = [agent.robot.get_qpos(), agent.tcp.pose.raw_pose]  # [1, 9], [1, 7]
+    parts = [p.reshape(-1, p.shape[-1])[:1].reshape(-1) for p in parts]
+    if hasattr(raw, "cubes"):  # RememberColor
+        n = len(raw.cubes)
+        for key in sorted(raw.cubes):
+            p = raw.cubes[key].pose.p.reshape(-1, 3)[0]
+            shown = _shown(p)
+            parts += [shown, p * shown, torch.nn.functional.one_hot(torch.tensor(int(key)), n).float()]
+    else:  # TakeItBack
+        lit = _shown(raw.changed_goal_region.pose.p)
+        goal = raw.changed_goal_region if bool(lit) else raw.goal_region
+        parts += [raw.cube.pose.raw_pose.reshape(-1, 7)[0], goal.pose.p.reshape(-1, 3)[0], lit]
+    return torch.cat([p.to("cpu", torch.float32) for p in parts])
+
+
 class ManiSkillEnv(EnvBase):
     """One MIKASA-Robo / ManiSkill 3 env (CPU physics, ``num_envs=1``) as a TorchRL env; batch size ``[]``.
 
     Args:
         task: a task id of :data:`MIKASA_TASKS`.
-        obs_mode: ``"rgb"`` (``pixels`` + ``proprio``) or ``"state"`` (``state``).
-        image_size: camera resolution (square; the paper's 128, 64 for a CPU budget).
+        obs_mode: ``"rgb"`` (``pixels`` + ``proprio``), ``"state"`` (``state``, cue included) or
+            ``"visible_state"`` (``visible_state``: what the cameras show, see :func:`visible_state`;
+            nothing is rendered, about 40x faster than ``"rgb"`` on a CPU).
+        image_size: camera resolution (square; the paper's 128, 64 for a CPU budget; rgb only).
         control_mode: ManiSkill control mode; default the task's in :data:`MIKASA_TASKS`
             (``pd_ee_delta_pos``, 4-D, for RememberColor; ``pd_ee_delta_pose``, 7-D, for
             TakeItBack, whose oracle tilts the gripper to reach the goal).
@@ -211,7 +273,8 @@ class ManiSkillEnv(EnvBase):
         self.terminate_on_success = terminate_on_success
         self.seed_stride = seed_stride
         sensors = dict(width=image_size, height=image_size)
-        self.raw = gym.make(task, num_envs=1, obs_mode=obs_mode, control_mode=self.control_mode, render_mode=None,
+        raw_mode = "state_dict" if obs_mode == "visible_state" else obs_mode  # (its obs unused: read from the scene)
+        self.raw = gym.make(task, num_envs=1, obs_mode=raw_mode, control_mode=self.control_mode, render_mode=None,
                             sim_backend="cpu", sensor_configs=sensors)
         if MIKASA_TASKS[task][0] == "RememberColor":
             keep_hiding_visual(self.raw.unwrapped)
@@ -235,6 +298,8 @@ class ManiSkillEnv(EnvBase):
             size = self.image_size
             obs["pixels"] = Bounded(0, 255, shape=(6, size, size), dtype=torch.uint8, device=self.device)
             obs["proprio"] = Unbounded(shape=(25,), dtype=torch.float32, device=self.device)
+        elif self.obs_mode == "visible_state":
+            obs["visible_state"] = Unbounded(shape=(visible_state_size(self.task),), dtype=torch.float32, device=self.device)
         else:
             width = int(np.prod(self.raw.observation_space.shape[1:]))
             obs["state"] = Unbounded(shape=(width,), dtype=torch.float32, device=self.device)
@@ -251,6 +316,8 @@ class ManiSkillEnv(EnvBase):
             out["pixels"] = torch.cat(frames, dim=-1).permute(2, 0, 1).contiguous()  # [6, H, W]
             out["proprio"] = torch.cat([obs["agent"]["qpos"][0], obs["agent"]["qvel"][0],
                                         obs["extra"]["tcp_pose"][0]]).float()
+        elif self.obs_mode == "visible_state":
+            out["visible_state"] = visible_state(self.raw.unwrapped)
         else:
             out["state"] = obs[0].reshape(-1).float()
         return out

@@ -13,8 +13,8 @@ from . import tmaze_rules as rules
 class TMazeOracle(TensorDictModuleBase):
     """Right to the junction, then to the hinted side.
 
-    Keys: reads ``observation``, ``oracle_hint`` ([*B, 1], the hint seen at reset) and ``is_init``;
-    writes ``action`` ([*B] int64) and ``("next", "oracle_hint")``. Register its state with
+    Keys: reads ``observation``, ``oracle_hint`` (``[*B, 1]``, the hint seen at reset) and ``is_init``;
+    writes ``action`` (``[*B]`` int64) and ``("next", "oracle_hint")``. Register its state with
     :meth:`make_tensordict_primer`, like any TorchRL recurrent module.
     """
 

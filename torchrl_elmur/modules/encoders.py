@@ -46,3 +46,39 @@ class PixelEncoder(nn.Module):
                                  f"{None if proprio is None else list(proprio.shape)}.")
             x = torch.cat([x, proprio.reshape(-1, self.proprio_size).to(x.dtype)], dim=-1)
         return self.head(x).reshape(*batch, -1)
+
+
+class Standardize(nn.Module):
+    """``(x - loc) / scale`` per feature, for observations whose features live on different scales
+    (joint angles in radians beside positions in metres a few centimetres apart): ``[*B, size]`` ->
+    ``[*B, size]``. ``loc`` and ``scale`` are buffers (saved with the policy), the identity until
+    :meth:`fit` sets them from data.
+
+    Examples:
+        >>> norm = Standardize(2).fit(torch.tensor([[0.0, 10.0], [2.0, 10.0]]))
+        >>> norm(torch.tensor([[1.0, 10.0], [3.0, 11.0]])).tolist()
+        [[0.0, 0.0], [2.0, 100.0]]
+    """
+
+    def __init__(self, size: int, min_scale: float = 1e-2) -> None:
+        super().__init__()
+        self.size, self.min_scale = size, min_scale
+        self.register_buffer("loc", torch.zeros(size))
+        self.register_buffer("scale", torch.ones(size))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> Standardize:
+        """Set ``loc`` and ``scale`` to the mean and standard deviation of ``x`` ``[N, size]`` over its
+        rows (the scale at least ``min_scale``, so a feature constant in the data stays finite). Returns self."""
+        x = x.reshape(-1, x.shape[-1]).double()
+        if x.shape[-1] != self.size:
+            raise ValueError(f"Standardize.fit: expected [N, {self.size}] data, received {list(x.shape)}.")
+        self.loc.copy_(x.mean(0))
+        self.scale.copy_(x.std(0, correction=0).clamp_min(self.min_scale))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.loc) / self.scale
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"

@@ -1,21 +1,25 @@
 """One behaviour-cloning loop for recurrent TorchRL actors on ``[B, T]`` replay samples.
 
-Shared by the BC tutorial and the benchmarks that train by its recipe. Two update schedules:
+Shared by every behaviour-cloning run of the package (the T-Maze tutorial, the POPGym and
+MIKASA-Robo benchmarks): :func:`fit_bc` is the experiment (replay buffer, DDP, AdamW, loop),
+:func:`train_bc` the loop. Two update schedules, by ``chunk_len``:
 
-- ``updates="window"``: one optimizer step per sampled ``[B, T]`` batch; the memory module runs
+- ``chunk_len=None``: one optimizer step per sampled ``[B, T]`` batch; the memory module runs
   the whole window in recurrent mode (with ``detach_memory=False`` gradients cross its segments).
-- ``updates="segment"``: the released ELMUR trainer's schedule: the window is cut into chunks of
-  ``segment_len`` steps and every chunk gets its own optimizer step; each chunk starts from the
-  recurrent state the previous chunk ended in (no gradient crosses a chunk boundary:
-  truncated back-propagation of one segment).
+- ``chunk_len=C`` dividing ``T``: truncated back-propagation (the released ELMUR trainer's
+  schedule with ``C`` = its segment length): the window is cut into chunks of ``C`` steps and
+  every chunk gets its own optimizer step; each chunk starts from the recurrent state the
+  previous chunk ended in (no gradient crosses a chunk boundary). ``chunk_len`` is a training
+  schedule, not ELMUR's ``ELMURConfig.segment_len`` (its attention window ``K``).
 """
 from __future__ import annotations
 
 import contextlib
-
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tensordict import TensorDictBase
@@ -26,10 +30,10 @@ from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import LossModule
 from tqdm import trange
 
+from ..data.storage import make_offline_replay_buffer
 from ..modules.state_keys import state_key_pairs
-from .distributed import DistributedContext, rows_per_rank, shard_rows
-
-UPDATES = ("window", "segment")
+from .checkpoint import checkpoint_due, load_training_state, save_training_state
+from .distributed import DistributedContext, rows_per_rank, shard_rows, wrap_ddp
 
 
 @dataclass
@@ -69,8 +73,7 @@ def train_bc(
     batch: int,
     seq_len: int,
     grad_clip: float,
-    updates: str = "window",
-    segment_len: int | None = None,
+    chunk_len: int | None = None,
     name: str = "policy",
     run=None,
     probe: Callable[[TensorDictModuleBase], dict] | None = None,
@@ -79,6 +82,9 @@ def train_bc(
     progress: bool = True,
     ctx: DistributedContext | None = None,
     autocast_dtype: torch.dtype | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> BCHistory:
     """Behaviour cloning: ``steps`` samples of ``[batch, seq_len]`` from ``buffer``, each trained on.
 
@@ -88,8 +94,8 @@ def train_bc(
             (e.g. :class:`~torchrl_elmur.objectives.SequenceCrossEntropyLoss`: ``loss_bc``, ``loss_moe``).
         buffer: samples ``[batch * seq_len]`` episode-aligned transitions (reshaped to ``[B, T]``).
         grad_clip: max gradient norm.
-        updates: ``"window"`` or ``"segment"`` (see the module docstring); ``"segment"`` needs
-            ``segment_len`` dividing ``seq_len``.
+        chunk_len: steps per back-propagation chunk, dividing ``seq_len`` (see the module
+            docstring); None: the whole window, one optimizer step per batch.
         run: a wandb run (``<name>/loss_bc``, the loss's other entries such as ``accuracy``, and
             ``grad_norm``, every 10 steps), or None.
         probe: called as ``probe(actor)`` every ``probe_every`` steps and after the last one,
@@ -102,6 +108,14 @@ def train_bc(
             ``loss_module`` wrapped by ``wrap_ddp``: every rank samples the same global batch of
             ``batch`` rows and trains on its shard (``batch`` must divide by the world size); only
             rank 0 shows progress and probes (and keeps the selected weights).
+        checkpoint: a file for the training state, written atomically every ``checkpoint_every``
+            steps (after that step's probe) and after the last: the actor's and optimizer's state,
+            the step, the history and the selection so far, the sampler's and every random
+            generator's state (:mod:`~torchrl_elmur.training.checkpoint`).
+        resume: continue from ``checkpoint`` if it exists (else start): the steps after it are the
+            steps the uninterrupted run takes (the same samples, dropout masks and updates; float64
+            on a CPU: the same weights to the bit). ``buffer`` and ``probe`` must be built as for the
+            first run.
         autocast_dtype: e.g. ``torch.bfloat16``: the loss's forward runs under ``torch.autocast``
             of that dtype on the parameters' device (weights, optimizer and recurrent state stay
             float32; the backward runs outside it, as PyTorch recommends). ``None``: full precision.
@@ -109,25 +123,42 @@ def train_bc(
     Returns:
         a :class:`BCHistory`.
     """
-    if updates not in UPDATES:
-        raise ValueError(f"train_bc: updates={updates!r} is invalid: expected one of {UPDATES}.")
     if select is not None and probe is None:
         raise ValueError(f"train_bc: select={select!r} needs a probe.")
-    if updates == "segment" and (segment_len is None or segment_len < 1 or seq_len % segment_len):
-        raise ValueError(f"train_bc: updates='segment' needs segment_len dividing seq_len={seq_len}, received {segment_len}.")
-    chunk_len = segment_len if updates == "segment" else seq_len
+    if chunk_len is not None and (isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1
+                                  or seq_len % chunk_len):
+        raise ValueError(f"train_bc: chunk_len must be a positive divisor of seq_len={seq_len} (or None: the whole "
+                         f"window), received {chunk_len!r}.")
+    chunk_len = chunk_len or seq_len
     ctx = ctx or DistributedContext()
     rows_per_rank(batch, ctx)  # fail before the first step, not at it
     if not ctx.is_main:
         progress, probe, select, run = False, None, None, None
+    if checkpoint_every < 0 or (checkpoint_every and checkpoint is None):
+        raise ValueError(f"train_bc: checkpoint_every must be >= 0 and needs a checkpoint file, received "
+                         f"checkpoint_every={checkpoint_every}, checkpoint={checkpoint!r}.")
     pairs = state_key_pairs(actor)
     history = BCHistory()
     best_score, best_weights = float("-inf"), None
+    first = 0
+    parts = {"actor": actor, "optimizer": optimizer, "sampler": buffer.sampler}  # what a resumed run continues from
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        first, saved = load_training_state(checkpoint, steps=steps, parts=parts)
+        history = BCHistory(**saved["history"])
+        best_score, best_weights = saved["best_score"], saved["best_weights"]
+        if progress and ctx.is_main:
+            print(f"train {name}: resumed from {checkpoint} at step {first} of {steps}", flush=True)
+
+    def save_state(done: int) -> None:
+        if checkpoint is not None and ctx.is_main:
+            save_training_state(checkpoint, step=done, steps=steps, parts=parts, extra={
+                "history": dataclasses.asdict(history), "best_score": best_score, "best_weights": best_weights})
+
     params = [p for p in actor.parameters() if p.requires_grad]
     amp = (contextlib.nullcontext() if autocast_dtype is None
            else torch.autocast(params[0].device.type, dtype=autocast_dtype))
     actor.train()
-    bar = trange(steps, desc=f"train {name}", dynamic_ncols=True, disable=not progress)
+    bar = trange(first, steps, desc=f"train {name}", dynamic_ncols=True, disable=not progress, initial=first, total=steps)
     for step in bar:
         start = time.perf_counter()
         sample = buffer.sample().reshape(batch, seq_len)  # [B, T], each row from an episode start
@@ -163,6 +194,45 @@ def train_bc(
                 best_weights = {k: v.detach().clone() for k, v in actor.state_dict().items()}
             if run is not None:
                 run.log({f"{name}/probe_{k}": v for k, v in result.items()} | {f"{name}/step": step})
+        if checkpoint_due(step + 1, steps, checkpoint_every):
+            save_state(step + 1)
     if select is not None and history.selected_step != steps:
         actor.load_state_dict(best_weights)
     return history
+
+
+def fit_bc(
+    actor: TensorDictModuleBase,
+    loss_module: LossModule,
+    data: TensorDictBase,
+    *,
+    steps: int,
+    batch: int,
+    seq_len: int,
+    lr: float,
+    seed: int,
+    grad_clip: float = 5.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.01,
+    ctx: DistributedContext | None = None,
+    **loop,
+) -> BCHistory:
+    """A behaviour-cloning experiment, as every family of the package runs it: ``data``'s episodes
+    in a replay buffer sampling ``[batch, seq_len]`` rows from episode starts (seeded by ``seed``),
+    ``loss_module`` wrapped for DDP under ``torchrun`` (``ctx``), AdamW, then :func:`train_bc`.
+
+    The caller builds the actor (after ``torch.manual_seed``: its initial weights) and the loss,
+    and evaluates afterwards; ``loop``: :func:`train_bc`'s keywords (``chunk_len``, ``name``,
+    ``run``, ``probe``, ``probe_every``, ``select``, ``progress``, ``autocast_dtype``).
+
+    Args:
+        data: a flat TensorDict ``[N]`` of transitions with ``is_init`` marking episode starts
+            (e.g. :func:`~torchrl_elmur.data.make_tmaze_dataset`), on the actor's device.
+        lr, betas, weight_decay: AdamW's (PyTorch's defaults but ``lr``).
+    """
+    ctx = ctx or DistributedContext()
+    buffer = make_offline_replay_buffer(data, batch, seq_len, seed=seed)
+    loss_module = wrap_ddp(loss_module, ctx)  # one process: unchanged
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    return train_bc(actor, loss_module, buffer, optimizer, steps=steps, batch=batch, seq_len=seq_len,
+                    grad_clip=grad_clip, ctx=ctx, **loop)

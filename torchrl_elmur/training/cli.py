@@ -1,110 +1,52 @@
 """A command line from a dataclass: each option is declared once, as a field with its comment.
 
-The scripts' ``Args`` dataclasses are their whole configuration (CleanRL's pattern, which reads
-them with ``tyro``); :func:`parse_dataclass` builds the ``argparse`` parser from the fields, so
-a field is never repeated as an ``add_argument`` line:
+The scripts' ``Args`` dataclasses are their whole configuration, read with ``tyro`` as in CleanRL;
+:func:`parse_dataclass` is the one entry point every script calls. ``tyro`` makes
 
-- ``name: T = default  # help text`` becomes ``--name`` (underscores as dashes) with that help;
-- ``bool`` fields are flags: ``--name`` when the default is False, ``--no-name`` when it is True
-  (its help reads "turns off: <comment>");
-- ``list[T]`` takes one or more values, ``tuple[T, ...]`` of fixed length that many;
-- ``Literal[...]`` (or ``T | None`` of those) restricts the choices; ``T | None`` accepts ``none``.
+- ``name: T = default  # help text`` into ``--name`` (underscores as dashes) with that help;
+- ``bool`` fields into the pair ``--name`` / ``--no-name``;
+- ``list[T]`` into ``--name a b c``, ``tuple[T, T]`` into exactly that many values;
+- ``Literal[...]`` into a choice; ``T | None`` also accepts ``None`` (and, as before tyro, ``none``).
+
+On top of ``tyro``, :func:`parse_dataclass` checks the fields named in :data:`COMMON_RANGES` and then the
+script's own ``check``: a failure is one line on stderr, ``<prog>: error: <message>``, and exit status 2
+(the status ``tyro`` gives a bad type or choice).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import inspect
+import os
 import re
-import types
-import typing
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
+
+import tyro
 
 T = TypeVar("T")
 
-
-def field_comments(cls: type) -> dict[str, str]:
-    """``{field: its trailing # comment}`` from the class source (``{}`` when the source cannot
-    be read, e.g. for a class typed into an interactive session)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    comments = {}
-    for line in source.splitlines():
-        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2).strip()
-    return comments
+_REGISTRY = tyro.constructors.ConstructorRegistry()
 
 
-def _strip_optional(tp) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def _scalar(tp, optional: bool) -> dict:
-    if typing.get_origin(tp) is Literal:
-        choices = list(typing.get_args(tp))
-        kind = type(choices[0])
-        return {"type": kind, "choices": choices}
-    if tp not in (int, float, str):
-        raise TypeError(f"parse_dataclass: unsupported field type {tp!r} (use int, float, str, bool, list, tuple, Literal).")
-    if optional:
-        return {"type": lambda text: None if text.lower() == "none" else tp(text)}
-    return {"type": tp}
-
-
-def _argument(name: str, tp, default, help_text: str) -> tuple[list[str], dict]:
-    flag = "--" + name.replace("_", "-")
-    tp, optional = _strip_optional(tp)
-    if tp is bool:
-        if default:
-            off = f"turns off: {help_text}" if help_text else "turns it off"
-            return ["--no-" + name.replace("_", "-")], {"dest": name, "action": "store_false", "help": off}
-        return [flag], {"dest": name, "action": "store_true", "help": help_text}
-    kwargs: dict = {"dest": name, "default": default}
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            kwargs["nargs"] = len(args)
-        else:
-            kwargs["nargs"] = "+"
-        kwargs.update(_scalar(args[0], False))
-    else:
-        kwargs.update(_scalar(tp, optional))
-    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-    kwargs["help"] = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
-    return [flag], kwargs
-
-
-def make_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """An ``argparse`` parser with one option per field of the dataclass ``cls``."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"parse_dataclass: expected a dataclass, received {cls!r}.")
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    hints = typing.get_type_hints(cls)
-    comments = field_comments(cls)
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        flags, kwargs = _argument(f.name, hints[f.name], getattr(defaults, f.name), comments.get(f.name, ""))
-        parser.add_argument(*flags, **kwargs)
-    return parser
+@_REGISTRY.primitive_rule
+def _none_rule(type_info: tyro.constructors.PrimitiveTypeInfo) -> tyro.constructors.PrimitiveConstructorSpec | None:
+    """``T | None`` takes ``None`` (tyro's spelling) or ``none`` (the spelling before tyro)."""
+    if type_info.type is not type(None):
+        return None
+    return tyro.constructors.PrimitiveConstructorSpec(
+        nargs=1, metavar="{None}", choices=("None", "none"), instance_from_str=lambda args: None,
+        is_instance=lambda x: x is None, str_from_instance=lambda instance: ["None"])
 
 
 def parse_dataclass(cls: type[T], description: str | None = None, argv: Sequence[str] | None = None,
                     check: Callable[[T], str | None] | None = None) -> T:
-    """Parse ``argv`` (default: the command line) into an instance of the dataclass ``cls``.
+    """Parse ``argv`` (default: the command line) into an instance of the dataclass ``cls`` with ``tyro``.
 
     Args:
-        check: optional ``check(args) -> error message or None``; a message exits with argparse's
-            usage error (status 2). It runs after the fields named in :data:`COMMON_RANGES` have
-            been checked against their intervals.
+        description: the text ``--help`` shows above the options.
+        check: optional ``check(args) -> error message or None``; a message exits with one line on stderr,
+            ``<prog>: error: <message>``, and status 2. It runs after the fields named in
+            :data:`COMMON_RANGES` have been checked against their intervals (same exit).
 
     Examples:
         >>> @dataclasses.dataclass
@@ -115,17 +57,27 @@ def parse_dataclass(cls: type[T], description: str | None = None, argv: Sequence
         >>> parse_dataclass(A, argv=["--steps", "5", "--lengths", "7", "--compare"])
         A(steps=5, lengths=[7], compare=True)
     """
-    parser = make_parser(cls, description)
-    namespace = parser.parse_args(argv)
-    values = {k: (tuple(v) if isinstance(getattr(cls(), k), tuple) and v is not None else v)
-              for k, v in vars(namespace).items()}
-    args = cls(**values)
-    message = common_range_error(args)
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"parse_dataclass: expected a dataclass, received {cls!r}.")
+    args = tyro.cli(cls, description=description, args=argv, registry=_REGISTRY)
+    message = _emptied_list_error(args) or common_range_error(args)
     if message is None and check is not None:
         message = check(args)
     if message:
-        parser.error(message)
+        print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
     return args
+
+
+def _emptied_list_error(args) -> str | None:
+    """tyro lets ``--name`` of a ``list[T]`` field take no values; before tyro one or more were needed. A list
+    the command line emptied where the default is not empty is refused (``--merge`` with nothing is the default)."""
+    defaults = type(args)()
+    for f in dataclasses.fields(args):
+        value, default = getattr(args, f.name), getattr(defaults, f.name)
+        if isinstance(value, list) and not value and isinstance(default, list) and default:
+            return f"--{f.name.replace('_', '-')} expects one or more values, received none"
+    return None
 
 
 def init_distributed_cli(batch: int, device: str | None = None):
@@ -182,11 +134,11 @@ def range_error(args, **intervals: str) -> str | None:
 COMMON_RANGES = {
     **dict.fromkeys(("steps", "batch", "seq_len", "episodes", "rounds", "repeats", "epochs", "frames", "rollout",
                      "batches", "frames_per_batch", "slice_len", "train_batch", "train_len", "segment_lens",
-                     "lengths", "eval_lengths", "select_every", "width", "hidden", "critic_hidden", "hidden_size",
+                     "lengths", "eval_lengths", "select_every", "width", "critic_width", "hidden_size",
                      "input_size", "embed", "segment_len", "memory_slots", "num_layers", "image_size", "num_workers",
                      "envs_per_worker", "num_envs", "workers", "jobs", "procs", "minibatch_rows",
                      "cues_per_layout", "num_qvalue_nets", "max_corridor", "train_steps"), "[1, inf)"),
-    **dict.fromkeys(("eval_episodes", "threads", "probe_every", "eval_every", "select_corridor"), "[0, inf)"),
+    **dict.fromkeys(("eval_episodes", "threads", "probe_every", "eval_every", "select_corridor", "checkpoint_every"), "[0, inf)"),
     **dict.fromkeys(("seed", "seeds", "popgym_seed"), "[0, 4294967295]"),  # numpy's seed range
     **dict.fromkeys(("lr", "critic_lr", "grad_clip", "max_grad_norm", "clip"), "(0, inf)"),
     **dict.fromkeys(("label_smoothing",), "[0, 1)"),
@@ -213,3 +165,21 @@ def common_range_error(args) -> str | None:
     names = [f.name for f in dataclasses.fields(args) if f.name in COMMON_RANGES]  # in the order of --help
     return range_error(args, **{name: COMMON_RANGES[name] for name in names}) if names else None
 
+
+def value_error(flags: str, build: Callable[[], object]) -> str | None:
+    """``build()``'s ``ValueError`` as a command-line error that names the ``flags`` its inputs came
+    from (e.g. an ``ELMURConfig`` built from ``--width``, or a task name); None when it builds.
+    Scripts check this way before any work, so a bad value fails in one line, not in a traceback.
+
+    Examples:
+        >>> from torchrl_elmur import ELMURConfig
+        >>> value_error("--width", lambda: ELMURConfig(d_model=30, num_heads=4))
+        '--width: ELMURConfig.d_model=30 is invalid: expected a multiple of num_heads=4.'
+        >>> value_error("--width", lambda: ELMURConfig(d_model=32, num_heads=4)) is None
+        True
+    """
+    try:
+        build()
+    except ValueError as err:
+        return f"{flags}: {err}"
+    return None

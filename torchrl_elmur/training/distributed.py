@@ -13,7 +13,7 @@ script runs as one process. What each rank does:
 - rank 0 alone logs, shows progress, probes, evaluates and saves (:attr:`DistributedContext.is_main`).
 
 One difference remains with optimizers that keep momentum (Adam, AdamW): a parameter that no
-row of a step reaches (ELMUR's write path under ``train_bc(updates="segment")``, whose chunks
+row of a step reaches (ELMUR's write path under ``train_bc(chunk_len=K)``, whose chunks
 never read their own write) has gradient ``None`` in one process, and the optimizer skips it,
 but DDP fills it with zeros, and the optimizer's momentum keeps moving it. Whole-window updates
 (the default), or SGD, take the same steps.

@@ -132,12 +132,13 @@ def popgym_returns(policy: TensorDictModuleBase, task: str, episodes: int, *, pr
         env.close()
 
 
-def mikasa_success(policy: TensorDictModuleBase, task: str, episodes: int, *, image_size: int = 64, workers: int = 1,
-                   progress: bool = False, desc: str = "eval") -> torch.Tensor:
+def mikasa_success(policy: TensorDictModuleBase, task: str, episodes: int, *, obs_mode: str = "rgb", image_size: int = 64,
+                   workers: int = 1, progress: bool = False, desc: str = "eval") -> torch.Tensor:
     """Greedy ``success_once`` (bool ``[episodes]``) of ``policy`` on a MIKASA-Robo task, episode ``i``
     on seed ``EVAL_SEED + i`` (disjoint from every dataset's), in a ``ParallelEnv`` of ``workers``
-    CPU processes (worker ``w`` plays seeds ``EVAL_SEED + w, + w + workers, ...``). Episodes end at
-    their first success (``terminate_on_success``): nothing after it changes ``success_once``."""
+    CPU processes (worker ``w`` plays seeds ``EVAL_SEED + w, + w + workers, ...``), observing
+    ``obs_mode`` (``"rgb"`` at ``image_size``, or ``"visible_state"``). Episodes end at their first
+    success (``terminate_on_success``): nothing after it changes ``success_once``."""
     import functools
 
     from torchrl.envs import ParallelEnv
@@ -147,8 +148,8 @@ def mikasa_success(policy: TensorDictModuleBase, task: str, episodes: int, *, im
 
     workers = max(1, min(workers, episodes))
     per_worker = -(-episodes // workers)
-    make = [functools.partial(make_mikasa_env, task, image_size=image_size, seed=EVAL_SEED + w, seed_stride=workers,
-                              terminate_on_success=True) for w in range(workers)]
+    make = [functools.partial(make_mikasa_env, task, obs_mode=obs_mode, image_size=image_size, seed=EVAL_SEED + w,
+                              seed_stride=workers, terminate_on_success=True) for w in range(workers)]
     threads = torch.get_num_threads()  # ParallelEnv changes this process's threads when it starts and closes
     env = ParallelEnv(workers, make, mp_start_method="spawn", num_threads=threads)
     try:
