@@ -6,12 +6,12 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean render-deps
+.PHONY: demo test docs install clean render-deps
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,popgym,maniskill]"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,popgym,maniskill,docs]"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "mikasa-robo-suite==1.0.0"
 	touch $@
 
@@ -22,6 +22,11 @@ demo: $(VENV)/.installed
 
 test: render-deps $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The documentation site (Sphinx + MyST + furo, the `docs` extra) into docs/_build/html, warnings as
+# errors; `make test` builds it too (tests/test_docs.py). Tutorials are rendered, never run.
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 # CPU rendering for ManiSkill (MIKASA-Robo): SAPIEN refuses Debian 12's Mesa 22 Vulkan; Mesa 25 from
 # bookworm-backports works. `make test` runs it first. Needs root (apt); skipped when it is installed
@@ -39,4 +44,4 @@ render-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache docs/_build docs/tutorials/generated

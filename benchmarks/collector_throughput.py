@@ -15,7 +15,6 @@ Prints a table, writes ``<out>/collector_throughput.csv`` and ends with one JSON
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,12 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import GymEnv, SerialEnv
-from torchrl.modules import GRUModule, LSTMModule
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import format_table, state_bytes_per_env, write_csv  # noqa: E402
+from torchrl_elmur.training.benchmarking import format_table, state_bytes_per_env, write_csv
 
-from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.policies import make_memory
 
 
 @dataclass
@@ -65,13 +63,12 @@ SIZES = {
 }
 
 
-def make_memory(kind: str, size: str, obs_dim: int) -> nn.Module:
-    cfg = SIZES[size]
-    if kind.startswith("elmur"):  # "elmur": state_layout="tokens" (the default), "elmur-cache": "cache"
-        return ELMURModule(config=cfg.replace(input_size=obs_dim), in_key="observation", out_key="embed",
-                           state_layout="cache" if kind == "elmur-cache" else "tokens")
-    cls = {"gru": GRUModule, "lstm": LSTMModule}[kind]
-    return cls(input_size=obs_dim, hidden_size=cfg.d_model, num_layers=cfg.num_layers, in_key="observation", out_key="embed")
+def memory_for(kind: str, size: str, obs_dim: int) -> nn.Module:
+    """``kind``'s memory on the observation: "elmur" (state_layout="tokens", the default), "elmur-cache"
+    ("cache"), "gru" / "lstm" of ELMUR's width and depth."""
+    cfg = SIZES[size].replace(input_size=obs_dim)
+    return make_memory(kind.split("-")[0], cfg.d_model, cfg, input_size=obs_dim, num_layers=cfg.num_layers,
+                       in_key="observation", out_key="embed", state_layout="cache" if kind == "elmur-cache" else "tokens")
 
 
 class GreedyOneHot(nn.Module):
@@ -86,7 +83,7 @@ def measure(kind: str, size: str, args: Args) -> dict:
     probe = GymEnv(args.env)
     obs_dim, n_act = probe.observation_spec["observation"].shape[-1], probe.action_spec.shape[-1]
     probe.close()
-    memory = make_memory(kind, size, obs_dim)
+    memory = memory_for(kind, size, obs_dim)
     policy = TensorDictSequential(
         memory,
         TensorDictModule(nn.Linear(SIZES[size].d_model, n_act), in_keys=["embed"], out_keys=["logits"]),

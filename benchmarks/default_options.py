@@ -38,13 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_report  # noqa: E402
+from torchrl_elmur.training.benchmarking import write_report
 
-from torchrl_elmur import ELMURConfig  # noqa: E402
-from torchrl_elmur.core.config import OPTION_SETS, with_options  # noqa: E402
-from torchrl_elmur.core.cost import elmur_step_macs, rnn_step_macs  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.core.config import OPTION_SETS, OptionSetName, with_options
+from torchrl_elmur.core.cost import elmur_step_macs, rnn_step_macs
+from torchrl_elmur.training.cli import parse_dataclass
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("tmaze", "popgym", "ppo")
@@ -58,7 +57,7 @@ QUICK = {  # tiny budgets: the machinery end to end in minutes, not evidence
 
 @dataclass
 class Args:
-    options: list[str] = field(default_factory=lambda: ["bare", "released"])  # names in OPTION_SETS (--full: all)
+    options: list[OptionSetName] = field(default_factory=lambda: ["bare", "released"])  # names in OPTION_SETS (--full: all)
     families: list[Literal["tmaze", "popgym", "ppo"]] = field(default_factory=lambda: list(FAMILIES))
     full: bool = False  # the evidence protocol: every option set, each script's defaults (quick otherwise: tiny budgets)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # T-Maze and PPO seeds (POPGym: --popgym-seed)
@@ -69,11 +68,6 @@ class Args:
 
 
 def check(args: Args) -> str | None:
-    unknown = [o for o in args.options if o not in OPTION_SETS]
-    if unknown:
-        return f"--options: expected names from {list(OPTION_SETS)}, received {unknown}"
-    if args.jobs < 1:
-        return f"--jobs must be >= 1, received {args.jobs}"
     if not args.seeds:
         return "--seeds: expected at least one seed, received none"
     for path in args.tmaze_csv:

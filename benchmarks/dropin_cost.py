@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torchrl.envs.utils import step_mdp
 from torchrl.modules import GRUModule, LSTMModule
 
-from common import format_table, machine, medians_ms, state_bytes_per_env, write_csv
+from torchrl_elmur.training.benchmarking import format_table, machine, medians_ms, state_bytes_per_env, write_csv
 
 from torchrl_elmur import ELMURModule, compile_steps
 from torchrl_elmur.core.cost import elmur_step_macs, rnn_step_macs

@@ -45,7 +45,7 @@ $PY -c "from torchrl_elmur.envs.mikasa_env import render_device_error as e; impo
 # RememberColor3: 1000 oracle episodes at 128x128 (the paper's data), the published ELMUR preset, 100 eval seeds.
 # Workers: one CPU-physics process per core but two (the main process trains on the GPU).
 workers=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
-timeout 500 $PY benchmarks/mikasa_robo.py --tasks RememberColor3-v0 --episodes "${EPISODES:-1000}" --image-size 128 \
+timeout 500 $PY benchmarks/mikasa_robo.py --obs rgb --seeds 0 --tasks RememberColor3-v0 --episodes "${EPISODES:-1000}" --image-size 128 \
   --preset paper --device cuda --steps "${STEPS:-1500}" --batch 64 --eval-episodes 100 --workers "$workers" \
   --threads 4 --out "$out" --cache /tmp/mikasa_cache --no-progress 2>&1 | grep -v -e Warning -e 'warnings.warn' | tee "$out/mikasa_robo.log"
 echo "exit ${PIPESTATUS[0]}"

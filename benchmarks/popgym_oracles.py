@@ -17,21 +17,18 @@ ends with one JSON line.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_report  # noqa: E402
+from torchrl_elmur.training.benchmarking import write_report
 
-from torchrl_elmur.envs.popgym_oracles import family_of, oracle_action  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur.envs.popgym_oracles import family_of, oracle_action
+from torchrl_elmur.training.cli import parse_dataclass
 
 
 @dataclass

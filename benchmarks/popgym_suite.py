@@ -19,35 +19,37 @@ gradient spans C steps.
     torchrun --nproc_per_node=2 benchmarks/popgym_suite.py --all       # training data-parallel (DDP)
     python benchmarks/popgym_suite.py --merge easy/popgym_suite.json hard/popgym_suite.json  # one table from runs
 
+Every finished (task, policy) row is recorded at once in ``<out>/popgym_suite.rows.jsonl``, keyed by
+the configuration: the same command after a crash trains only what is missing (``--restart``: all).
+
 Prints a table, writes ``<out>/popgym_suite.{csv,md,png,json}`` and ends with one JSON line (the .json).
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import grouped_bars, suite_errors, write_report  # noqa: E402
+from torchrl_elmur.training.benchmarking import RowLog, grouped_bars, write_report
 
-from torchrl_elmur import ELMURConfig  # noqa: E402
-from torchrl_elmur.core.config import OPTION_SETS, with_options  # noqa: E402
-from torchrl_elmur.data import make_offline_replay_buffer, make_popgym_dataset  # noqa: E402
-from torchrl_elmur.data.popgym_dataset import EVAL_SEED, play_episodes  # noqa: E402
-from torchrl_elmur.envs import make_popgym_env, popgym_tasks  # noqa: E402
-from torchrl_elmur.envs.popgym_env import task_name  # noqa: E402
-from torchrl_elmur.envs.popgym_oracles import family_of  # noqa: E402
-from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss  # noqa: E402
-from torchrl_elmur.training import train_bc  # noqa: E402
-from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error  # noqa: E402
-from torchrl_elmur.training.distributed import DistributedContext, main_first, shutdown, wrap_ddp  # noqa: E402
-from torchrl_elmur.training.evaluate import popgym_returns  # noqa: E402
-from torchrl_elmur.training.policies import make_bc_actor  # noqa: E402
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.core.config import OptionSetName, with_options
+from torchrl_elmur.data import make_popgym_dataset
+from torchrl_elmur.data.popgym_dataset import EVAL_SEED, play_episodes
+from torchrl_elmur.envs import make_popgym_env, popgym_tasks
+from torchrl_elmur.envs.popgym_env import task_name
+from torchrl_elmur.envs.popgym_oracles import family_of
+from torchrl_elmur.objectives import SequenceCrossEntropyLoss, SequenceMSELoss
+from torchrl_elmur.training.bc import fit_bc
+from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error, value_error
+from torchrl_elmur.training.distributed import DistributedContext, main_first, shutdown
+from torchrl_elmur.training.evaluate import popgym_returns
+from torchrl_elmur.training.policies import make_bc_actor
 
 # Memory tasks on which a memoryless policy fails and whose oracle acts on what the agent has seen (so
 # that it can be imitated); RepeatFirstHard's episodes (831 steps) are 8x the training window. Not in
@@ -71,9 +73,9 @@ PRESETS = {  # ELMUR configurations by name, of the width --width
 class Args:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # task names or gym ids
     all: bool = False  # all 48 tasks (overrides --tasks)
-    policies: list[str] = field(default_factory=lambda: ["elmur", "gru", "lstm", "mlp"])  # of elmur, gru, lstm, mlp
-    preset: str = "cpu"  # ELMUR: "cpu" (the published sizes with 2 layers, default options) or "popgym" (the published, 12 layers)
-    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS, replacing the preset's ("": the preset's)
+    policies: list[Literal["elmur", "gru", "lstm", "mlp"]] = field(default_factory=lambda: ["elmur", "gru", "lstm", "mlp"])  # memories to train
+    preset: Literal["cpu", "popgym"] = "cpu"  # ELMUR: "cpu" (the published sizes with 2 layers, default options) or "popgym" (the published, 12 layers)
+    options: OptionSetName | None = None  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS, replacing the preset's (None: the preset's)
     episodes: int = 1000  # oracle episodes per task in the dataset
     steps: int = 300  # sampled batches per policy (optimizer steps: steps x window / chunk)
     batch: int = 32  # rows per batch
@@ -89,20 +91,16 @@ class Args:
     cache: str = "outputs/cache/popgym"  # where the datasets are stored
     progress: bool = True
     merge: list[str] = field(default_factory=list)  # popgym_suite.json files of earlier runs: one table of all their tasks, no training
+    restart: bool = False  # forget the rows an earlier run of this configuration recorded (<out>/popgym_suite.rows.jsonl)
 
 
 def check(args: Args) -> str | None:
-    error = suite_errors(args, presets=PRESETS, task_name=task_name, positive=("episodes", "steps", "batch", "eval_episodes"))
+    error = value_error("--tasks", lambda: [task_name(t) for t in args.tasks])
+    if error is None and "elmur" in args.policies:  # e.g. a --width that the heads do not divide
+        error = value_error("ELMUR configuration from --width/--preset/--options", lambda: elmur_config(args))
     if error:
         return error
-    if args.options and args.options not in OPTION_SETS:
-        return f"--options: expected one of {list(OPTION_SETS)}, received {args.options!r}"
-    if "elmur" in args.policies:
-        try:
-            elmur_config(args)
-        except ValueError as err:  # e.g. a --width that the heads do not divide
-            return f"ELMUR configuration from --width/--preset: {err}"
-    error = range_error(args, window="[0, inf)", chunk="[0, inf)")  # 0: the default
+    error = range_error(args, eval_episodes="[1, inf)", window="[0, inf)", chunk="[0, inf)")  # window, chunk 0: the default
     if error:
         return error
     window, chunk = resolved_window(args)
@@ -114,6 +112,15 @@ def check(args: Args) -> str | None:
 def elmur_config(args: Args) -> ELMURConfig:
     config = PRESETS[args.preset](args.width)
     return with_options(config, args.options) if args.options else config
+
+
+def row_config(args: Args) -> str:
+    """Everything that decides a (task, policy) row, as one string: rows of another configuration are not reused."""
+    window, chunk = resolved_window(args)
+    return json.dumps({"preset": args.preset, "options": args.options, "width": args.width, "episodes": args.episodes,
+                       "steps": args.steps, "batch": args.batch, "window": window, "chunk": chunk, "lr": args.lr,
+                       "label_smoothing": args.label_smoothing, "eval_episodes": args.eval_episodes, "seed": args.seed},
+                      sort_keys=True)
 
 
 def resolved_window(args: Args) -> tuple[int, int]:
@@ -152,13 +159,9 @@ def run_policy(task: str, memory: str, data, args: Args, ctx: DistributedContext
     actor = make_bc_actor(memory, obs_size, width=args.width, config=elmur_config(args) if memory == "elmur" else None,
                           **action)
     loss = SequenceCrossEntropyLoss(actor, label_smoothing=args.label_smoothing) if discrete else SequenceMSELoss(actor)
-    loss = wrap_ddp(loss, ctx)
     window, chunk = resolved_window(args)
-    buffer = make_offline_replay_buffer(data, args.batch, window, seed=args.seed)
-    optimizer = torch.optim.AdamW(actor.parameters(), lr=args.lr)
-    history = train_bc(actor, loss, buffer, optimizer, steps=args.steps, batch=args.batch, seq_len=window,
-                       grad_clip=5.0, updates="segment" if chunk < window else "window", segment_len=chunk,
-                       name=f"{task}/{memory}", progress=args.progress, ctx=ctx)
+    history = fit_bc(actor, loss, data, steps=args.steps, batch=args.batch, seq_len=window, lr=args.lr, seed=args.seed,
+                     chunk_len=chunk, name=f"{task}/{memory}", progress=args.progress, ctx=ctx)
     if not ctx.is_main:
         return None
     t0 = time.perf_counter()
@@ -220,14 +223,31 @@ def main() -> None:
     tasks = sorted(popgym_tasks()) if args.all else [task_name(t) for t in args.tasks]
     start = time.perf_counter()
     rows, table = [], {}
+    # every finished (task, policy) row is recorded at once, keyed by everything that decides it: a rerun of the
+    # same command after a crash trains only what is missing (every rank reads the same file before any work)
+    log = main_first(ctx, lambda: RowLog(Path(args.out) / "popgym_suite.rows.jsonl", key=("task", "policy", "config"),
+                                         fresh=args.restart and ctx.is_main))
+    config = row_config(args)
     for task in tasks:
         data = main_first(ctx, lambda: make_popgym_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
             task, args.episodes, seed=args.seed, cache_dir=args.cache, progress=args.progress and ctx.is_main))
-        table[task] = baseline_returns(task, args.eval_episodes) if ctx.is_main else {}
+        if ctx.is_main:
+            recorded = log.get(task=task, policy="baselines", config=config)
+            table[task] = recorded["returns"] if recorded else baseline_returns(task, args.eval_episodes)
+            if not recorded:
+                log.add({"task": task, "policy": "baselines", "config": config, "returns": table[task]})
         for memory in args.policies:
-            row = run_policy(task, memory, data, args, ctx)
+            row = log.get(task=task, policy=memory, config=config)
             if row is None:
+                row = run_policy(task, memory, data, args, ctx)
+                if row is None:
+                    continue
+                log.add({**row, "config": config})
+            elif not ctx.is_main:
                 continue
+            else:
+                print(f"  {task:28s} {memory:6s} recorded earlier ({log.path.name})")
+            row = {k: v for k, v in row.items() if k != "config"}
             rows.append(row)
             table[task][memory] = row["mean_return"]
             print(f"  {task:28s} {memory:6s} mean return {row['mean_return']:+.3f} (oracle {table[task]['oracle']:+.3f}, "

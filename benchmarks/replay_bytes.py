@@ -24,7 +24,6 @@ Prints a table, writes ``<out>/replay_bytes.{csv,md,png}`` and ends with one JSO
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,20 +35,20 @@ from tensordict.nn import TensorDictSequential as Seq
 from torchrl.collectors import Collector
 from torchrl.data import LazyMemmapStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import GymEnv, InitTracker, StepCounter, TransformedEnv
-from torchrl.modules import GRUModule, LSTMModule, MLP, QValueModule, set_recurrent_mode
+from torchrl.modules import MLP, QValueModule, set_recurrent_mode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import state_bytes_per_env, write_report  # noqa: E402
+from torchrl_elmur.training.benchmarking import state_bytes_per_env, write_report
 
-from torchrl_elmur import ELMURConfig, ELMURModule  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.policies import make_memory
 
 
 @dataclass
 class Args:
     frames: int = 2000  # collected and stored frames per memory module
     embed: int = 128  # width F of the value the memory reads (T-Maze size: 128)
-    hidden: int = 128  # width D of every memory module
+    width: int = 128  # width D of every memory module
     slice_len: int = 20  # replay check: SliceSampler slices of this length
     out: str = "outputs/benchmarks"
     seed: int = 0
@@ -65,14 +64,14 @@ ROWS = {  # memory module -> description
 }
 
 
-def make_memory(name: str, args: Args):
+def memory_for(name: str, args: Args):
+    """``<kind>-<variant>``: ELMUR's state layout (``elmur-tokens``, ``elmur-cache``) or the RNN's layers (``gru-1``)."""
     kind, variant = name.split("-")
-    if kind == "elmur":
-        config = ELMURConfig.tmaze(input_size=args.embed, d_model=args.hidden, dropout=0.0, attn_dropout=0.0,
-                                   memory_dropout=0.0)
-        return ELMURModule(config=config, in_key="embed", out_key="embed", state_layout=variant)
-    cls = {"lstm": LSTMModule, "gru": GRUModule}[kind]
-    return cls(input_size=args.embed, hidden_size=args.hidden, num_layers=int(variant), in_key="embed", out_key="embed")
+    elmur = kind == "elmur"
+    config = ELMURConfig.tmaze(input_size=args.embed, d_model=args.width, dropout=0.0, attn_dropout=0.0,
+                               memory_dropout=0.0) if elmur else None
+    return make_memory(kind, args.width, config, input_size=args.embed, num_layers=1 if elmur else int(variant),
+                       in_key="embed", out_key="embed", state_layout=variant if elmur else "tokens")
 
 
 def disk_bytes(path: Path) -> int:
@@ -83,7 +82,7 @@ def measure(name: str, args: Args) -> dict:
     torch.manual_seed(args.seed)
     env = TransformedEnv(GymEnv("CartPole-v1"), StepCounter())
     env.append_transform(InitTracker())
-    memory = make_memory(name, args)
+    memory = memory_for(name, args)
     env.append_transform(memory.make_tensordict_primer())
     qnet = Seq(
         Mod(MLP(out_features=args.embed, num_cells=[64]), in_keys=["observation"], out_keys=["embed"]),
@@ -150,12 +149,12 @@ def main() -> None:
                ("vs_lstm_1", "vs LSTM-1", ".2f"), ("vs_lstm_2", "vs LSTM-2", ".2f"), ("state_bytes", "state B", ",d"),
                ("gb_per_1e6", "GB per 1e6", ".1f"), ("frames_per_s", "frames/s", ".0f"),
                ("speed_vs_lstm_1", "speed vs LSTM-1", ".2f"), ("replay_max_abs_diff", "replay max diff", ".1e")]
-    header = (f"Replay bytes per transition: CartPole-v1, embed F={args.embed}, width {args.hidden}, {args.frames} frames, "
+    header = (f"Replay bytes per transition: CartPole-v1, embed F={args.embed}, width {args.width}, {args.frames} frames, "
               f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     out = write_report("replay_bytes", header, rows, columns, args.out)
     plot(rows, out / "replay_bytes.png")
     print(f"wrote {out / 'replay_bytes.csv'}, .md, .png")
-    print(json.dumps({"benchmark": "replay_bytes", "embed": args.embed, "hidden": args.hidden, "rows": rows}))
+    print(json.dumps({"benchmark": "replay_bytes", "embed": args.embed, "width": args.width, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "tutorials"))
-from common import machine, write_report  # noqa: E402
+from torchrl_elmur.training.benchmarking import machine, write_report
 
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.training.cli import parse_dataclass
 
 
 @dataclass
@@ -112,21 +111,21 @@ def training_row(args: Args, memory: str, procs: int) -> dict:
 
 # ------------------------------------------------------------------ collection with DistributedCollector
 def collection_row(args: Args, memory: str, workers: int) -> dict:
-    """The online PPO tutorial's actor + critic and its collector (``--collector distributed``)."""
-    import online_ppo
-
-    from torchrl_elmur.training.collectors import close_collector
+    """The online PPO tutorial's actor + critic (its defaults: width 64, one trunk shared by actor and
+    critic, ELMUR with ELMURConfig's default options, K=16, M=4, 4 heads) and TorchRL's
+    DistributedCollector (``tutorials/online_ppo.py --collector distributed``)."""
+    from torchrl_elmur.training.collectors import close_collector, make_popgym_collector
     from torchrl_elmur.training.policies import make_actor_critic, rollout_policy
 
     torch.set_num_threads(1)
     frames = workers * args.envs_per_worker * args.rollout
-    ppo = online_ppo.Args(collector="distributed", num_workers=workers, envs_per_worker=args.envs_per_worker,
-                          rollout=args.rollout, frames=frames * (args.batches + 1))
     torch.manual_seed(0)
-    actor, critic = make_actor_critic(memory, 4, 4, width=ppo.width, state_layout=ppo.state_layout,
-                                      config=online_ppo.elmur_config(ppo) if memory == "elmur" else None,
-                                      shared_trunk=ppo.shared_trunk)
-    collector = online_ppo.make_collector(ppo, rollout_policy(actor, critic), seed=0)
+    config = ELMURConfig(input_size=64, d_model=64, num_heads=4, segment_len=16, memory_slots=4)
+    actor, critic = make_actor_critic(memory, 4, 4, width=64, config=config if memory == "elmur" else None,
+                                      shared_trunk=True)
+    collector = make_popgym_collector("RepeatFirstEasy", rollout_policy(actor, critic), num_workers=workers,
+                                      envs_per_worker=args.envs_per_worker, rollout=args.rollout,
+                                      frames=frames * (args.batches + 1), seed=0, kind="distributed")
     try:
         it = iter(collector)
         next(it)  # warm-up

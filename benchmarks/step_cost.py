@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,15 +45,13 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tutorials"))
-import offline_bc  # noqa: E402  (the tutorial's actor)
-from common import best_of, format_table, grouped_bars, machine, medians_ms, sync, write_csv  # noqa: E402
+from torchrl_elmur.training.benchmarking import backbone_steps, format_table, grouped_bars, machine, medians_ms, write_csv
 
-from torchrl_elmur import ELMURBackbone, ELMURConfig, ELMURModule, compile_steps, window_recompute  # noqa: E402
-from torchrl_elmur.envs.tmaze_rules import OBS_DIM  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
-from torchrl_elmur.training.tmaze_eval import tmaze_success_rate  # noqa: E402
+from torchrl_elmur import ELMURConfig, ELMURModule, compile_steps, window_recompute
+from torchrl_elmur.envs.tmaze_rules import OBS_DIM
+from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.tmaze_bc import TMazeBC, make_tmaze_actor
+from torchrl_elmur.training.tmaze_eval import tmaze_success_rate
 
 TARGETS = {1: 1.6, 100: 4.5}  # ELMUR actor (cache layout) / GRU actor on a CPU (issue 14)
 DEFAULT_TARGETS = {1: 2.5, 100: 6.0}  # the actor as built (default layout, eager) / GRU actor (issue 27)
@@ -84,7 +81,7 @@ def check_args(args: Args) -> str | None:
 
 
 def elmur_config(preset: str) -> ELMURConfig:
-    return getattr(ELMURConfig, preset)(input_size=offline_bc.Args.hidden)
+    return getattr(ELMURConfig, preset)(input_size=TMazeBC.width)
 
 
 def make_actor(kind: str, preset: str, device: str, compiled: bool = False, as_built: bool = False):
@@ -92,7 +89,7 @@ def make_actor(kind: str, preset: str, device: str, compiled: bool = False, as_b
     default state layout, eager); else ELMUR with ``state_layout="cache"``, stepping through
     ``compile_step()`` with ``compiled``."""
     torch.manual_seed(0)
-    actor = offline_bc.make_actor(kind, offline_bc.Args(), elmur_config(preset) if kind == "elmur" else None).to(device)
+    actor = make_tmaze_actor(kind, TMazeBC(), elmur_config(preset) if kind == "elmur" else None).to(device)
     if as_built:
         return actor.eval()
     return compile_steps(actor, "auto" if compiled else None).eval()  # None: eager, in the cache layout
@@ -113,38 +110,6 @@ def actor_steps(actor, batch: int, steps: int, device: str) -> Callable[[], None
                 td = step_mdp(actor(td), keep_other=True)
                 td["is_init"] = later
     return run
-
-
-def backbone_steps(net: ELMURBackbone, batch: int, steps: int, device: str, start: int = 10,
-                   step_fn=None) -> Callable[[], None]:
-    """``steps`` calls of ``net.step`` (or ``step_fn``, e.g. ``partial(net.step, inplace=True)``) from
-    episode step ``start`` (rounded down to a segment boundary)."""
-    K = net.config.segment_len
-    x = torch.randn(batch, steps, net.config.token_size, device=device)
-    step_fn = step_fn or net.step
-
-    @torch.no_grad()
-    def run():
-        s = net.initial_state(batch)
-        s.step += start - start % K  # the state has a fixed shape: any episode step is one number away
-        for t in range(steps):
-            _, s = step_fn(x[:, t], s)
-    return run
-
-
-def step_path_ms(net: ELMURBackbone, batch: int, start_step: int, repeats: int, device: str, step_fn=None) -> float:
-    """Best ms per step of ``net.step`` (or ``step_fn``) over two full segments from episode step
-    ``start_step`` (used by ``throughput.py``)."""
-    steps = 2 * net.config.segment_len
-    return 1e3 * best_of(backbone_steps(net, batch, steps, device, start_step, step_fn), repeats, device) / steps
-
-
-@torch.no_grad()
-def window_recompute_ms(net: ELMURBackbone, batch: int, repeats: int, device: str) -> float:
-    """Best ms per step of the reference (re-run the segment's window every step) over two segments."""
-    K = net.config.segment_len
-    x = torch.randn(batch, 2 * K, net.config.token_size, device=device)
-    return 1e3 * best_of(lambda: window_recompute(net, x), repeats, device) / (2 * K)
 
 
 def step_table(args: Args) -> list[dict]:

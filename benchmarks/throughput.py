@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,10 @@ from tensordict import TensorDict
 from torchrl.envs.utils import step_mdp
 from torchrl.modules import GRUModule, LSTMModule, set_recurrent_mode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, format_table, machine, state_bytes_per_env, write_csv  # noqa: E402
-from step_cost import step_path_ms, window_recompute_ms  # noqa: E402
+from torchrl_elmur.training.benchmarking import best_of, format_table, machine, state_bytes_per_env, step_path_ms, window_recompute_ms, write_csv
 
-from torchrl_elmur import ELMURConfig, ELMURModule, set_state_layout  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur import ELMURConfig, ELMURModule, set_state_layout
+from torchrl_elmur.training.cli import parse_dataclass
 
 D = 128
 

@@ -26,7 +26,6 @@ per cell) and ``<out>/checkpoints/<recipe>_<variant>_<seed>.pt``, and ends with 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,17 +34,17 @@ from typing import Literal
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tutorials"))
-import offline_bc  # noqa: E402  (the tutorial: its actor)
-from common import format_table, machine, write_csv  # noqa: E402
+from torchrl_elmur.training.benchmarking import format_table, machine, write_csv
 
-from torchrl_elmur import ELMURConfig  # noqa: E402
-from torchrl_elmur.core.config import OPTION_SETS, MoEConfig, released_options  # noqa: E402
-from torchrl_elmur.data import make_offline_replay_buffer, make_tmaze_dataset  # noqa: E402
-from torchrl_elmur.objectives import SequenceCrossEntropyLoss  # noqa: E402
-from torchrl_elmur.training import episodes_error, evaluate_lengths, tmaze_success_rate, train_bc  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.core.config import OPTION_SETS, MoEConfig, released_options
+from torchrl_elmur.data import EVAL_SEED, VALIDATION_SEED, make_tmaze_dataset
+from torchrl_elmur.objectives import SequenceCrossEntropyLoss
+from torchrl_elmur.training import episodes_error, evaluate_lengths, tmaze_success_rate
+from torchrl_elmur.training.bc import fit_bc
+from torchrl_elmur.training.checkpoint import save_policy
+from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.tmaze_bc import TMazeBC, make_tmaze_actor
 
 BARE_OPTIONS = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
 RELEASED_OPTIONS = released_options()
@@ -89,8 +88,9 @@ def option_set_of(variant: str) -> str:
 
 
 RECIPES = {
-    "tutorial": dict(episodes=2000, batch=64, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, updates="window", steps=300),
-    "released": dict(episodes=4800, batch=128, lr=2.1e-4, betas=(0.95, 0.999), weight_decay=1e-4, updates="segment",
+    # chunked: one optimizer step per ELMUR segment (train_bc's chunk_len = K), else one per window
+    "tutorial": dict(episodes=2000, batch=64, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01, chunked=False, steps=300),
+    "released": dict(episodes=4800, batch=128, lr=2.1e-4, betas=(0.95, 0.999), weight_decay=1e-4, chunked=True,
                      steps=600),
 }
 
@@ -122,7 +122,7 @@ def check_args(args: Args) -> str | None:
 SEPARATION_SEGMENTS = (1, 2, 3, 10, 30, 100)
 
 
-def memory_separation(actor, segment_len: int, corridor: int = 1000, episodes: int = 100, seed: int = 30_000) -> dict:
+def memory_separation(actor, segment_len: int, corridor: int = 1000, episodes: int = 100, seed: int = EVAL_SEED) -> dict:
     """What each layer's memory says about the goal side after ``s`` segments of a greedy
     ``corridor`` episode (``s`` in :data:`SEPARATION_SEGMENTS`), slots ordered by recency:
 
@@ -164,38 +164,35 @@ def memory_separation(actor, segment_len: int, corridor: int = 1000, episodes: i
 def run_one(variant: str, seed: int, args: Args) -> dict:
     overrides = {k: v for k, v in (("steps", args.steps), ("episodes", args.episodes)) if v}
     recipe = {**RECIPES[args.recipe], **overrides}
-    tut = offline_bc.Args(seed=seed)
-    config = make_config(variant, tut.hidden)
+    tut = TMazeBC(seed=seed)  # the tutorial's recipe: width, corridors, window, smoothing, clipping
+    config = make_config(variant, tut.width)
     torch.manual_seed(seed)
-    actor = offline_bc.make_actor("elmur", tut, config)
+    actor = make_tmaze_actor("elmur", tut, config)
     data = make_tmaze_dataset(recipe["episodes"], max_corridor=tut.max_corridor, seed=seed,
-                              cache=ROOT / "outputs" / "cache" / f"tmaze_{recipe['episodes']}_{seed}.pt")
-    buffer = make_offline_replay_buffer(data, recipe["batch"], tut.seq_len, seed=seed)
+                              cache=ROOT / "outputs" / "cache" / "tmaze" / f"{recipe['episodes']}_{seed}")
     loss = SequenceCrossEntropyLoss(actor, label_smoothing=tut.label_smoothing)
-    optimizer = torch.optim.AdamW(actor.parameters(), lr=recipe["lr"], betas=recipe["betas"],
-                                  weight_decay=recipe["weight_decay"])
 
     def probe(policy):
-        return {str(c): tmaze_success_rate(policy, c, args.probe_episodes, seed=10_000 + seed, progress=False)
+        return {str(c): tmaze_success_rate(policy, c, args.probe_episodes, seed=VALIDATION_SEED, progress=False)
                 for c in (100, 1000)}
 
-    history = train_bc(actor, loss, buffer, optimizer, steps=recipe["steps"], batch=recipe["batch"],
-                       seq_len=tut.seq_len, grad_clip=tut.grad_clip, updates=recipe["updates"],
-                       segment_len=config.segment_len, name=f"{variant}/{seed}", probe=probe,
-                       probe_every=args.probe_every)
+    history = fit_bc(actor, loss, data, steps=recipe["steps"], batch=recipe["batch"], seq_len=tut.seq_len,
+                     lr=recipe["lr"], betas=recipe["betas"], weight_decay=recipe["weight_decay"], seed=seed,
+                     grad_clip=tut.grad_clip, chunk_len=config.segment_len if recipe["chunked"] else None,
+                     name=f"{variant}/{seed}", probe=probe, probe_every=args.probe_every)
     checkpoint = Path(args.out) / "checkpoints" / f"{args.recipe}_{variant}_{seed}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(actor.state_dict(), checkpoint)
+    save_policy(checkpoint, actor)
     row = {"variant": variant, "options": option_set_of(variant), "seed": seed, "recipe": args.recipe,
            "steps": recipe["steps"],
            "train_seconds": round(history.train_seconds, 1),
            "t100": history.first_time("100"), "t1000": history.first_time("1000"),
            "probes": " ".join(f"{p['step']}:{p['result']['100']:.2f}/{p['result']['1000']:.2f}" for p in history.probes)}
-    success, _ = evaluate_lengths(actor, args.lengths, args.eval_episodes, seed=20_000 + seed, name=f"{variant}/{seed}",
+    success, _ = evaluate_lengths(actor, args.lengths, args.eval_episodes, seed=EVAL_SEED, name=f"{variant}/{seed}",
                                   skip_at_chance=2)
     row.update({f"c{c}": success.get(str(c)) for c in args.lengths})  # None: skipped
     if args.separation:
-        row.update(memory_separation(actor, config.segment_len, seed=30_000 + seed))
+        row.update(memory_separation(actor, config.segment_len))
     print(json.dumps(row), flush=True)
     return row
 

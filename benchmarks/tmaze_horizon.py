@@ -1,6 +1,7 @@
 """T-Maze horizon: success of ELMUR, LSTM and GRU on corridors up to 10^6 steps.
 
-All three are trained by the BC tutorial's recipe (``tutorials/offline_bc.py``) on oracle episodes
+All three are trained by the BC tutorial's recipe (``torchrl_elmur.training.tmaze_bc``, what
+``tutorials/offline_bc.py`` runs) on oracle episodes
 of at most 30 steps, or loaded from its checkpoints, then each is evaluated on corridor lengths
 10 .. 10^6 with the batched T-Maze env and the streaming (step-mode) policy through TorchRL:
 ``--eval-episodes`` episodes per length, both goal sides equally often.
@@ -8,6 +9,11 @@ of at most 30 steps, or loaded from its checkpoints, then each is evaluated on c
 A policy that is at chance (success <= 0.6, ``torchrl_elmur.training.tmaze_eval.CHANCE``) at two
 consecutive lengths is not evaluated at longer ones (a memory that lost the cue at length L cannot
 recover it at 10 L); those cells say ``skipped``. ``--no-skip`` evaluates everything.
+
+Every finished row (policy, corridor) is recorded at once in ``<out>/tmaze_horizon.rows.jsonl``
+(flushed to disk; keyed by the policy, its weights: the checkpoint's hash or the training recipe,
+and the episode count): a run that dies loses at most the row in progress, and a rerun of the same
+command evaluates only what is missing (``--restart``: everything again).
 
     python benchmarks/tmaze_horizon.py --quick              # lengths up to 10^4, a few minutes
     python benchmarks/tmaze_horizon.py                      # up to 10^6
@@ -20,8 +26,8 @@ and ends with one JSON line.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +36,15 @@ from typing import Literal
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tutorials"))
-import offline_bc  # noqa: E402  (the tutorial: its Args, make_actor and train are the recipe)
-from common import format_table, machine, write_csv  # noqa: E402
+from torchrl_elmur.training.benchmarking import RowLog, format_table, machine, write_csv
 
-from torchrl_elmur import compile_steps  # noqa: E402
-from torchrl_elmur.training import episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb  # noqa: E402
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur import compile_steps
+from torchrl_elmur.training import episodes_error, evaluate_lengths, plot_success_vs_length
+from torchrl_elmur.training.tmaze_eval import CHANCE
+from torchrl_elmur.data import EVAL_SEED
+from torchrl_elmur.training.checkpoint import load_into
+from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.tmaze_bc import TMazeBC, make_tmaze_actor, train_tmaze_bc
 
 FULL = [10, 30, 100, 1000, 10_000, 100_000, 1_000_000]
 QUICK = [10, 30, 100, 1000, 10_000]
@@ -50,13 +57,14 @@ class Args:
     quick: bool = False  # corridor lengths 10 .. 10^4
     eval_episodes: int = 100  # per length, half with each goal side (even)
     checkpoints: str = "outputs/offline_bc"  # folder with the BC tutorial's <policy>.pt (trained here when absent)
-    train_steps: int = offline_bc.Args.steps  # gradient steps when no checkpoint
+    train_steps: int = TMazeBC.steps  # gradient steps when no checkpoint
     skip: bool = True  # skip longer corridors once a policy is at chance at two lengths
     device: str = "cpu"
     compile: bool = True  # ELMURModule.compile_step() for the evaluation (CPU: token path, GPU: CUDA graphs); --no-compile: eager
     threads: int = 1  # torch threads (0: torch's default); one: per-step latency bound work, robust on a shared machine
     seed: int = 0
     out: str = "outputs/benchmarks"
+    restart: bool = False  # forget the rows an earlier run recorded (<out>/tmaze_horizon.rows.jsonl); by default a rerun skips them
 
     @property
     def corridor_lengths(self) -> list[int]:
@@ -75,19 +83,26 @@ def check_args(args: Args) -> str | None:
 
 def load_or_train(kind: str, args: Args):
     """The tutorial's actor for ``kind``, from its checkpoint if there is one, else trained here."""
-    recipe = offline_bc.Args(steps=args.train_steps, seed=args.seed, wandb="disabled")
+    recipe = TMazeBC(steps=args.train_steps, seed=args.seed)
     torch.manual_seed(args.seed)  # as the tutorial's run_policy: the same initial weights, so the same model
-    actor = offline_bc.make_actor(kind, recipe)
+    actor = make_tmaze_actor(kind, recipe)
     path = Path(args.checkpoints) / f"{kind}.pt"
     if path.exists():
-        actor.load_state_dict(torch.load(path, map_location="cpu"))
+        load_into(path, actor)  # refuses a checkpoint of another recipe, naming what differs
         print(f"{kind}: loaded {path}")
         return actor, None
-    run = start_wandb("disabled", "torchrl_elmur", args.out, {})
-    history = offline_bc.train(actor, recipe, run, kind)  # the tutorial's training, checkpoint selection included
+    history = train_tmaze_bc(actor, recipe, name=kind)  # the tutorial's training, checkpoint selection included
     print(f"{kind}: trained {args.train_steps} steps in {history.train_seconds:.0f} s"
           + (f", kept step {history.selected_step}" if history.selected_step is not None else ""))
     return actor, history.train_seconds
+
+
+def model_id(kind: str, args: Args) -> str:
+    """What decides a policy's weights: its checkpoint's contents, or the recipe that trains it here."""
+    path = Path(args.checkpoints) / f"{kind}.pt"
+    if path.exists():
+        return "checkpoint:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return f"trained:steps={args.train_steps}:seed={args.seed}"
 
 
 def main() -> None:
@@ -95,24 +110,41 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    # every finished row is recorded at once: a rerun after a crash evaluates only what is missing
+    log = RowLog(Path(args.out) / "tmaze_horizon.rows.jsonl", key=("policy", "model", "eval_episodes", "corridor_length"),
+                 fresh=args.restart)
     rows = []
     for kind in args.policies:
+        ident = {"policy": kind, "model": model_id(kind, args), "eval_episodes": args.eval_episodes}
+        done = {n: log.get(**ident, corridor_length=n) for n in args.corridor_lengths}
+        if all(done.values()):
+            print(f"{kind}: every length recorded in {log.path} (--restart evaluates again)")
+            rows += [done[n] for n in args.corridor_lengths]
+            continue
         actor, train_s = load_or_train(kind, args)
         actor = actor.to(args.device).eval()
         if args.compile:  # "auto": CUDA graphs on a GPU, the compiled token path and segment write on a CPU
             compile_steps(actor)
-        success, seconds = evaluate_lengths(actor, args.corridor_lengths, args.eval_episodes, seed=args.seed + 10_000,
-                                            name=kind, device=args.device, skip_at_chance=2 if args.skip else 0)
+        at_chance = 0  # consecutive lengths at chance: a memory that lost the cue at L does not find it at 10 L
         for length in args.corridor_lengths:
-            row = {"policy": kind, "corridor_length": length, "train_seconds": train_s, "status": "skipped"}
-            if str(length) in success:
-                row.update(success=success[str(length)], eval_seconds=seconds[str(length)], status="ok")
+            row = done[length]
+            if row is None:
+                row = {**ident, "corridor_length": length, "train_seconds": train_s, "status": "skipped"}
+                if not (args.skip and at_chance >= 2):
+                    success, seconds = evaluate_lengths(actor, [length], args.eval_episodes, seed=EVAL_SEED, name=kind,
+                                                        device=args.device)
+                    row.update(success=success[str(length)], eval_seconds=seconds[str(length)], status="ok")
+                log.add(row)
+            else:
+                print(f"  {kind:>10} corridor {length:>9,}: recorded earlier ({log.path.name})")
+            if row["status"] == "ok":  # a skipped row keeps the count: every longer length is skipped too
+                at_chance = at_chance + 1 if row["success"] <= CHANCE else 0
             rows.append(row)
 
     out = Path(args.out)
     cols = [("policy", "policy", "s"), ("corridor_length", "corridor", ",d"), ("success", "success", ".2f"),
             ("eval_seconds", "eval s", ".1f"), ("status", "status", "s")]
-    title = (f"T-Maze horizon: trained on corridors <= {offline_bc.Args.max_corridor}, {args.eval_episodes} episodes "
+    title = (f"T-Maze horizon: trained on corridors <= {TMazeBC.max_corridor}, {args.eval_episodes} episodes "
              f"per length, {machine(args.device)}")
     print(f"\n{title}\n{format_table(rows, cols)}")
     lost = {k: [r["corridor_length"] for r in rows if r["policy"] == k and r.get("success", 0.0) < 0.95]
@@ -124,7 +156,7 @@ def main() -> None:
     curves = {k: {r["corridor_length"]: r["success"] for r in rows if r["policy"] == k and "success" in r}
               for k in args.policies}
     plot_success_vs_length(curves, out / "tmaze_horizon.png", "T-Maze: trained on <= 30-step episodes",
-                           train_max=offline_bc.Args.max_corridor)
+                           train_max=TMazeBC.max_corridor)
     print(f"wrote {out}/tmaze_horizon.csv, .md, .png ({time.perf_counter() - t0:.0f} s in all)")
     summary = {k: {str(r["corridor_length"]): r.get("success") for r in rows if r["policy"] == k} for k in args.policies}
     print(json.dumps({"benchmark": "tmaze_horizon", "device": args.device, "compiled": args.compile,

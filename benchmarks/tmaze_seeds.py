@@ -25,10 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_report  # noqa: E402
+from torchrl_elmur.training.benchmarking import write_report
 
-from torchrl_elmur.training.cli import parse_dataclass  # noqa: E402
+from torchrl_elmur.training.cli import parse_dataclass
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "tutorials" / "offline_bc.py"

@@ -25,6 +25,7 @@ The script reads top to bottom:
     python tutorials/offline_iql.py --compare       # IQL-elmur, BC-elmur, IQL-lstm, IQL-gru, one table (~14 min)
     python tutorials/offline_iql.py --method bc     # behaviour cloning on the same mixed data
     python tutorials/offline_iql.py --policy gru --eval-lengths 30 100 1000 10000
+    python tutorials/offline_iql.py --resume        # a run that died: continue from outputs/offline_iql/<run>.train.pt
     torchrun --nproc_per_node=2 tutorials/offline_iql.py   # data-parallel (DDP): each rank trains on half the rows
 """
 from __future__ import annotations
@@ -37,21 +38,22 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
+from tensordict.nn import TensorDictSequential
 from torch import nn
-from torch.distributions import Categorical
-from torchrl.modules import GRUModule, LSTMModule, ProbabilisticActor
+from torchrl.modules import ProbabilisticActor
 from torchrl.objectives import DiscreteIQLLoss, SoftUpdate
 from tqdm import trange
 
-from torchrl_elmur import ELMURConfig, ELMURModule
-from torchrl_elmur.data import BEHAVIOURS, make_offline_replay_buffer, make_tmaze_mixed_dataset
+from torchrl_elmur import ELMURConfig
+from torchrl_elmur.data import BEHAVIOURS, EVAL_SEED, VALIDATION_SEED, make_offline_replay_buffer, make_tmaze_mixed_dataset
 from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
 from torchrl_elmur.training import (episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate)
-from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error
+from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error, value_error
 from torchrl_elmur.training.distributed import DistributedContext, rows_per_rank, shard_rows, shutdown, wrap_ddp
+from torchrl_elmur.training.checkpoint import checkpoint_due, load_training_state, save_policy, save_training_state
+from torchrl_elmur.training.policies import make_bc_actor, make_network
 
 COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
 
@@ -72,11 +74,11 @@ class Args:
     wander: float = 0.2  # fraction of wandering episodes
     wander_noise: float = 0.5  # the wanderer's chance of a random action at each corridor step
     # model
-    hidden: int = 128  # actor width (encoder, memory, as in offline_bc.py)
-    critic_hidden: int = 32  # width of the Q-network and the value network
+    width: int = 128  # actor width (encoder, memory, as in offline_bc.py)
+    critic_width: int = 32  # width of the Q-network and the value network
     segment_len: int = 10  # ELMUR K
     memory_slots: int = 2  # ELMUR M
-    lru_blend: float = 0.0  # ELMUR lambda: 0 is a write-once memory (published: 0.79; see make_memory)
+    lru_blend: float = 0.0  # ELMUR lambda: 0 is a write-once memory (published: 0.79; see elmur_config)
     detach_memory: bool = False  # ELMUR: stop gradients at segment boundaries (published: True)
     # IQL
     expectile: float = 0.7  # tau of the value network's expectile regression (see make_iql_loss)
@@ -96,6 +98,8 @@ class Args:
     eval_lengths: list[int] = field(default_factory=lambda: [30, 100, 1000])  # corridor lengths
     eval_episodes: int = 100  # per length, half with each goal side (even)
     eval_every: int = 100  # during training: success on the shortest eval corridor every this many steps (0: never)
+    checkpoint_every: int = 100  # write the training state (networks, targets, optimizer, sampler, RNGs) every this many steps (0: at the end only)
+    resume: bool = False  # continue each run's training from its state in --out (<run>.train.pt), as if never stopped
     # bookkeeping
     seed: int = 0
     out: str = "outputs/offline_iql"  # output folder (table, CSV, PNG, checkpoints, wandb)
@@ -109,11 +113,11 @@ def check_args(args: Args) -> str | None:
                                  wander="[0, 1]")  # the rest: COMMON_RANGES
     if error:
         return error
-    for flag, width in (("--hidden", args.hidden), ("--critic-hidden", args.critic_hidden)):
-        try:
-            elmur_config(args, width)
-        except ValueError as err:  # e.g. a width that the heads do not divide
-            return f"ELMUR configuration from {flag}/--segment-len/--memory-slots/--lru-blend: {err}"
+    for flag, width in (("--width", args.width), ("--critic-width", args.critic_width)):  # e.g. a width the heads do not divide
+        error = value_error(f"ELMUR configuration from {flag}/--segment-len/--memory-slots/--lru-blend",
+                            lambda: elmur_config(args, width))
+        if error:
+            return error
     if min(args.oracle, args.wrong_turn, args.wander) < 0 or abs(args.oracle + args.wrong_turn + args.wander - 1) > 1e-6:
         return (f"--oracle, --wrong-turn and --wander must be >= 0 and sum to 1, received "
                 f"{args.oracle}, {args.wrong_turn}, {args.wander}")
@@ -131,7 +135,7 @@ def check_args(args: Args) -> str | None:
 # TD regression, expectile regression). So each network owns its encoder and memory, and its
 # recurrent state keys carry its own prefix (actor_*, qvalue_*, value_*): ELMURModule's one
 # `state_key`, explicit state keys for LSTMModule/GRUModule. The critics are narrower than
-# the actor (--critic-hidden) because only the actor is evaluated on long corridors.
+# the actor (--critic-width) because only the actor is evaluated on long corridors.
 # ----------------------------------------------------------------------------------------------
 def elmur_config(args: Args, width: int) -> ELMURConfig:
     """The configuration the README's IQL numbers were measured with: a write-once memory
@@ -143,34 +147,22 @@ def elmur_config(args: Args, width: int) -> ELMURConfig:
                              detach_memory=args.detach_memory, memory_dropout=0.0)
 
 
-def make_memory(kind: str, args: Args, prefix: str, width: int) -> nn.Module:
-    value, output = f"{prefix}_embed", f"{prefix}_memory"
-    if kind == "elmur":
-        return ELMURModule(config=elmur_config(args, width), in_key=value, out_key=output, state_key=f"{prefix}_state")
-    if kind == "lstm":
-        h, c = f"{prefix}_h", f"{prefix}_c"
-        return LSTMModule(input_size=width, hidden_size=width, in_keys=[value, h, c], out_keys=[output, ("next", h), ("next", c)])
-    h = f"{prefix}_h"
-    return GRUModule(input_size=width, hidden_size=width, in_keys=[value, h], out_keys=[output, ("next", h)])
-
-
-def make_network(kind: str, args: Args, prefix: str, width: int, out_key: str, out_size: int) -> TensorDictSequential:
-    encoder = TensorDictModule(nn.Sequential(nn.Linear(OBS_DIM, width), nn.GELU()), ["observation"], [f"{prefix}_embed"])
-    head = TensorDictModule(nn.Linear(width, out_size), [f"{prefix}_memory"], [out_key])
-    return TensorDictSequential(encoder, make_memory(kind, args, prefix, width), head)
+def iql_network(kind: str, args: Args, prefix: str, width: int, out_key: str, out_size: int) -> TensorDictSequential:
+    """observation -> Linear + GELU -> memory -> Linear head writing ``out_key``; keys ``<prefix>_embed``,
+    ``<prefix>_memory`` and state ``<prefix>_rs`` (torchrl_elmur.training.policies.make_network)."""
+    config = elmur_config(args, width) if kind == "elmur" else None
+    return make_network(kind, OBS_DIM, lambda d: nn.Linear(d, out_size), out_key, width=width, config=config, prefix=prefix)
 
 
 def make_actor(kind: str, args: Args) -> ProbabilisticActor:
-    return ProbabilisticActor(
-        make_network(kind, args, "actor", args.hidden, "logits", NUM_ACTIONS),
-        in_keys=["logits"], out_keys=["action"], distribution_class=Categorical,
-        default_interaction_type=InteractionType.DETERMINISTIC,  # greedy action at evaluation
-    )
+    # observation -> Linear + GELU -> memory -> logits -> greedy Categorical, state key actor_rs
+    return make_bc_actor(kind, OBS_DIM, num_actions=NUM_ACTIONS, width=args.width, prefix="actor",
+                         config=elmur_config(args, args.width) if kind == "elmur" else None)
 
 
 def make_critics(kind: str, args: Args) -> tuple[TensorDictSequential, TensorDictSequential]:
-    qvalue = make_network(kind, args, "qvalue", args.critic_hidden, "state_action_value", NUM_ACTIONS)  # Q(h_t, .)
-    value = make_network(kind, args, "value", args.critic_hidden, "state_value", 1)  # V(h_t)
+    qvalue = iql_network(kind, args, "qvalue", args.critic_width, "state_action_value", NUM_ACTIONS)  # Q(h_t, .)
+    value = iql_network(kind, args, "value", args.critic_width, "state_value", 1)  # V(h_t)
     return qvalue, value
 
 
@@ -225,7 +217,8 @@ def make_iql_loss(actor: ProbabilisticActor, kind: str, args: Args) -> DiscreteI
     return loss
 
 
-def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, run, name: str, ctx: DistributedContext):
+def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, run, name: str, ctx: DistributedContext,
+          checkpoint: Path | None = None):
     # Under torchrun every rank samples the same global batch (same seed) and trains on its shard of
     # rows; DDP (around the whole loss module: the three networks' functional parameters are its
     # parameters) averages the gradients, so N ranks take the steps one process takes with all rows.
@@ -243,8 +236,17 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
     optimizer = torch.optim.AdamW([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)])
     loss_module.train()
     ddp_loss = wrap_ddp(loss_module, ctx)  # loss_module itself in one process
+    # the training state: with --resume the run continues from it as if never stopped (same samples, same updates)
+    parts = {"actor": actor, "loss": loss_module, "optimizer": optimizer, "sampler": buffer.sampler}
+    first, seconds = 0, 0.0
+    if args.resume and checkpoint is not None and checkpoint.exists():
+        first, saved = load_training_state(checkpoint, steps=args.steps, parts=parts)
+        seconds = saved["train_seconds"]
+        if ctx.is_main:
+            print(f"train {name}: resumed from {checkpoint} at step {first} of {args.steps}", flush=True)
     start = time.perf_counter()
-    bar = trange(args.steps, desc=f"train {name}", dynamic_ncols=True, disable=not ctx.is_main)
+    bar = trange(first, args.steps, desc=f"train {name}", dynamic_ncols=True, disable=not ctx.is_main, initial=first,
+                 total=args.steps)
     success = None
     for step in bar:
         batch = buffer.sample().reshape(args.batch, args.seq_len)  # [B, T], each row from an episode start
@@ -258,7 +260,7 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
             target_updater.step()
         look = ctx.is_main and args.eval_every and (step + 1) % args.eval_every == 0  # a quick look at the greedy policy
         if look:
-            success = tmaze_success_rate(actor, min(args.eval_lengths), args.eval_episodes, seed=args.seed + 20_000)
+            success = tmaze_success_rate(actor, min(args.eval_lengths), args.eval_episodes, seed=VALIDATION_SEED)
             run.log({f"{name}/success_during_training": success, f"{name}/step": step})
         if step % 10 == 0 or step == args.steps - 1 or look:
             logs = {k: losses[k].item() for k in loss_keys}
@@ -266,7 +268,10 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
                              **({"success": f"{success:.2f}"} if success is not None else {})})
             run.log({**{f"{name}/{k}": v for k, v in logs.items()}, f"{name}/grad_norm": grad_norms[0].item(),
                      f"{name}/step": step})
-    return time.perf_counter() - start, loss_module
+        if checkpoint is not None and ctx.is_main and checkpoint_due(step + 1, args.steps, args.checkpoint_every):
+            save_training_state(checkpoint, step=step + 1, steps=args.steps, parts=parts,
+                                extra={"train_seconds": seconds + time.perf_counter() - start})
+    return seconds + time.perf_counter() - start, loss_module
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,12 +281,12 @@ def run_one(method: str, kind: str, data, args: Args, run, out: Path, ctx: Distr
     name = f"{method}-{kind}"
     torch.manual_seed(args.seed)
     actor = make_actor(kind, args)
-    train_seconds, loss_module = train(actor, method, kind, data, args, run, name, ctx)
+    train_seconds, loss_module = train(actor, method, kind, data, args, run, name, ctx, checkpoint=out / f"{name}.train.pt")
     if not ctx.is_main:  # rank 0 saves and evaluates
         return None
-    torch.save({"actor": actor.state_dict(), "loss": loss_module.state_dict(), "args": asdict(args)}, out / f"{name}.pt")
+    save_policy(out / f"{name}.pt", actor, extra={"loss": loss_module.state_dict(), "args": asdict(args)})  # load_policy(path)
     # evaluation: the greedy actor streams through the batched env, one TorchRL step at a time
-    success, eval_seconds = evaluate_lengths(actor, args.eval_lengths, args.eval_episodes, seed=args.seed + 10_000,
+    success, eval_seconds = evaluate_lengths(actor, args.eval_lengths, args.eval_episodes, seed=EVAL_SEED,
                                              name=name, run=run)
     params = sum(p.numel() for p in actor.parameters())
     return {"success": success, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "params": params}

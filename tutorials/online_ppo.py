@@ -27,36 +27,33 @@ The script reads top to bottom:
     python tutorials/online_ppo.py --compare --seeds 0 1 2  # ELMUR, GRU, LSTM, MLP; mean and spread
     python tutorials/online_ppo.py --task PositionOnlyCartPoleEasy --policy gru
     python tutorials/online_ppo.py --collector distributed      # TorchRL's DistributedCollector (torch.distributed)
+    python tutorials/online_ppo.py --resume                 # a run that died: continue from outputs/online_ppo/<policy>_seed<s>.train.pt
 """
 from __future__ import annotations
 
 import csv
-import functools
 import json
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from torchrl.collectors import MultiSyncCollector
-from torchrl.collectors.distributed import DistributedCollector
-from torchrl.envs import RewardSum, TransformedEnv
 from torchrl.modules import set_recurrent_mode
-from torchrl.modules.utils import get_primers_from_module
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 from tqdm import tqdm
 
 from torchrl_elmur import ELMURConfig
-from torchrl_elmur.core.config import OPTION_SETS, with_options
+from torchrl_elmur.core.config import OptionSetName, with_options
 from torchrl_elmur.data.row_states import RowStartStates, recurrent_state_keys
 from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
-from torchrl_elmur.training.cli import parse_dataclass
-from torchrl_elmur.training.collectors import close_collector, exit_on_interrupt
+from torchrl_elmur.training.checkpoint import (checkpoint_due, load_training_state, read_training_state, save_policy,
+                                              save_training_state)
+from torchrl_elmur.training.cli import parse_dataclass, value_error
+from torchrl_elmur.training.collectors import close_collector, exit_on_interrupt, make_popgym_collector, watch_workers
 from torchrl_elmur.training.evaluate import popgym_returns
 from torchrl_elmur.training.policies import MEMORIES, make_actor_critic, rollout_policy
 
@@ -88,32 +85,34 @@ class Args:
     segment_len: int = 16  # ELMUR K
     memory_slots: int = 4  # ELMUR M
     num_layers: int = 2  # ELMUR L
-    options: str = ""  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS ("": ELMURConfig's defaults)
+    options: OptionSetName | None = None  # ELMUR: a named option set (norm, detach, init, dropout, FFN) from OPTION_SETS (None: ELMURConfig's defaults)
     shared_trunk: bool = True  # actor and critic share one encoder + memory (one memory step per env step; --no-shared-trunk: one each)
     state_layout: Literal["tokens", "cache"] = "tokens"  # ELMUR's stored state: the segment's inputs (ELMURModule's default) or its keys/values (opt-in, more bytes)
     keep_state: Literal["row-starts", "all"] = "row-starts"  # stored batch: states at row starts only, or at every step
     eval_episodes: int = 100  # greedy evaluation episodes on seeds EVAL_SEED + i (0: none)
     out: str = "outputs/online_ppo"  # curves (CSV, PNG), checkpoints, wandb
+    checkpoint_every: int = 8  # write the training state (<out>/<policy>_seed<s>.train.pt) every N updates and after the last (0: only after the last)
+    resume: bool = False  # continue each run from its training state in --out, at that update, with fresh envs (see train)
     wandb: Literal["offline", "online", "disabled"] = "offline"
     threads: int = 1  # torch threads of the learner
     progress: bool = True
 
 
 def check_args(args: Args) -> str | None:
-    try:
-        spec_sizes(args.task)
-    except ValueError as err:
-        return f"--task: {err}"
-    if args.options and args.options not in OPTION_SETS:
-        return f"--options: expected one of {list(OPTION_SETS)}, received {args.options!r}"
-    try:
-        config = elmur_config(args)
-    except ValueError as err:  # e.g. a --width that the heads do not divide
-        return f"ELMUR configuration from --width/--segment-len/--memory-slots/--num-layers: {err}"
+    error = value_error("--task", lambda: spec_sizes(args.task)) or value_error(  # e.g. a --width the heads do not divide
+        "ELMUR configuration from --width/--segment-len/--memory-slots/--num-layers/--options", lambda: elmur_config(args))
+    if error:
+        return error
+    config = elmur_config(args)
     dropouts = {k: getattr(config, k) for k in ("dropout", "attn_dropout", "memory_dropout") if getattr(config, k)}
     if dropouts:  # the loss replays each batch with the collector's log-probabilities: random masks break that
         return (f"--options {args.options}: online PPO needs an ELMUR without dropout (the learner replays the "
                 f"collected rows and must reproduce their log-probabilities), received {dropouts}")
+    if args.checkpoint_every < 0:
+        return f"--checkpoint-every must be >= 0 (0: only after the last update), received {args.checkpoint_every}"
+    if args.frames < envs(args) * args.rollout:
+        return (f"--frames must be >= one collector batch (envs x --rollout = {envs(args) * args.rollout}), "
+                f"received {args.frames}")
     if args.minibatch_rows > envs(args):
         return f"--minibatch-rows ({args.minibatch_rows}) must be <= the envs per batch ({envs(args)})"
     return None
@@ -121,6 +120,12 @@ def check_args(args: Args) -> str | None:
 
 def envs(args: Args) -> int:
     return args.num_workers * args.envs_per_worker
+
+
+def updates(args: Args) -> int:
+    """PPO updates in a run: one per collector batch of envs x T frames (--frames rounded up to batches)."""
+    batch = envs(args) * args.rollout
+    return -(-args.frames // batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,43 +143,14 @@ def elmur_config(args: Args) -> ELMURConfig:
 # ----------------------------------------------------------------------------------------------
 # 3. Collection: worker processes step the envs; the policy runs here, its state carried by TorchRL
 # ----------------------------------------------------------------------------------------------
-def make_worker_env(task: str, envs_per_worker: int, policy, seed: int | None = None) -> TransformedEnv:
-    """One worker's envs: ``envs_per_worker`` POPGym envs stepped together (``InitTracker``), the
-    episode return (``RewardSum``) and the policy's primers (its recurrent state keys, zeros at
-    every reset); sub-env ``i`` seeded ``seed + i``."""
-    env = make_popgym_env(task, num_envs=envs_per_worker)
-    if seed is not None:
-        env.set_seed(seed)
-    env.append_transform(RewardSum())  # episode_reward at done steps: the learning curve
-    primers = get_primers_from_module(policy)
-    if primers is not None:
-        env.append_transform(primers)
-    return env
-
-
-def make_collector(args: Args, policy, seed: int):
-    """``num_workers`` processes, each with its envs and a copy of the policy (weights pushed by
-    ``update_policy_weights_()`` after every update); each batch is ``[workers, envs, T]``.
-
-    ``--collector multisync``: TorchRL's MultiSyncCollector (pipes and shared memory, one machine).
-    ``--collector distributed``: TorchRL's DistributedCollector (``sync=True``; workers joined by
-    ``torch.distributed`` with gloo over TCP, launched here as local processes; on a cluster its
-    ``launcher="submitit"`` or ``"submitit_delayed"`` starts them on other machines).
-    """
-    k = args.envs_per_worker
-    make_envs = [functools.partial(make_worker_env, args.task, k, policy, seed * 10_000 + w * k) for w in range(args.num_workers)]
-    frames = dict(frames_per_batch=envs(args) * args.rollout, total_frames=args.frames)
-    if args.collector == "distributed":  # its set_seed times out in torchrl 0.14.1: the envs are seeded above
-        return DistributedCollector(make_envs, policy, sync=True, launcher="mp", tcp_port=str(free_port()), **frames)
-    collector = MultiSyncCollector(make_envs, policy, **frames)
-    collector.set_seed(seed)  # also seeds each worker's torch (the policy's action sampling)
-    return collector
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def make_collector(args: Args, policy, seed: int, batches: int):
+    """``--num-workers`` processes, each with ``--envs-per-worker`` envs and a copy of the policy
+    (weights pushed by ``update_policy_weights_()`` after every update); ``batches`` batches of
+    ``[workers, envs, T]``. ``--collector multisync``: TorchRL's MultiSyncCollector;
+    ``distributed``: its DistributedCollector (torch.distributed, gloo; see make_popgym_collector)."""
+    return make_popgym_collector(args.task, policy, num_workers=args.num_workers, envs_per_worker=args.envs_per_worker,
+                                 rollout=args.rollout, frames=batches * envs(args) * args.rollout, seed=seed,
+                                 kind=args.collector)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +163,18 @@ def replay_error(actor, rows) -> float:
     return float((log_prob - rows["action_log_prob"]).abs().max())
 
 
-def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) -> dict:
+# the arguments a training state must share with the run that resumes it (the others: output, logging, evaluation)
+RESUME_FREE = ("compare", "seeds", "policy", "eval_episodes", "out", "wandb", "threads", "progress", "resume",
+               "checkpoint_every")
+
+
+def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True, checkpoint: Path | None = None) -> dict:
+    """One PPO run. With ``checkpoint``, the training state (actor, critic, optimizer, curve, timings,
+    the learner's random generators) is written there every ``--checkpoint-every`` updates and after
+    the last; with ``--resume`` the run continues from it: at that update boundary, with fresh envs
+    and collector workers seeded by ``seed + 1000 x updates done`` (the collector's env states are not
+    saved: episodes in progress are lost, so the updates after the resume see other rollouts than an
+    uninterrupted run would; everything up to the checkpoint is as it was)."""
     torch.manual_seed(seed)
     obs_size, num_actions = spec_sizes(args.task)
     actor, critic = make_actor_critic(kind, obs_size, num_actions, width=args.width, state_layout=args.state_layout,
@@ -199,52 +186,79 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True) 
                               critic_coeff=args.critic_coef, normalize_advantage=False)
     optimizer = torch.optim.Adam(loss_module.parameters(), lr=args.lr)
     state_keys = recurrent_state_keys(actor, critic)
-    curve, frames, collect_s, train_s = [], 0, 0.0, 0.0
-    bar = tqdm(total=args.frames, desc=f"{kind} seed {seed}", disable=not progress, dynamic_ncols=True, leave=False)
-    collector = make_collector(args, policy, seed)  # starts the worker processes: nothing may fail between here and try
+    curve, frames, collect_s, train_s, checkpoint_s, done = [], 0, 0.0, 0.0, 0.0, 0
+    parts, total = {"loss": loss_module, "optimizer": optimizer}, updates(args)
+    if args.resume and checkpoint is not None and checkpoint.exists():
+        saved_args = read_training_state(checkpoint)["extra"]["args"]
+        differs = {k: (saved_args.get(k), v) for k, v in asdict(args).items() if k not in RESUME_FREE and saved_args.get(k) != v}
+        if differs:
+            raise ValueError(f"online_ppo --resume: {checkpoint} is a run with other arguments: "
+                             + ", ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} here" for k, (a, b) in differs.items()))
+        done, saved = load_training_state(checkpoint, steps=total, parts=parts)
+        curve, collect_s, train_s, checkpoint_s = (saved[k] for k in ("curve", "collect_seconds", "train_seconds",
+                                                                       "checkpoint_seconds"))
+        frames = curve[-1]["frames"] if curve else 0
+        print(f"{kind} seed {seed}: resumed from {checkpoint} at update {done} of {total} ({frames} frames)", flush=True)
+    bar = tqdm(total=total * envs(args) * args.rollout, initial=frames, desc=f"{kind} seed {seed}",
+               disable=not progress or done == total, dynamic_ncols=True, leave=False)
+    # starts the worker processes: nothing may fail between here and try
+    collector = make_collector(args, policy, seed + 1000 * done, total - done) if done < total else None
     try:
-        t0 = time.perf_counter()
-        for batch in collector:
-            collect_s += time.perf_counter() - t0
-            t1 = time.perf_counter()
-            # [envs, T]: each row one env's consecutive steps; the critic's recorded value is recomputed by GAE
-            rows = batch.reshape(-1, args.rollout).exclude("state_value")
-            frames += rows.numel()
-            with torch.no_grad(), set_recurrent_mode(True):
-                gae(rows)  # advantage, value_target: the critic replayed over the rows from their stored states
-            full_bytes = rows.bytes()
-            stored = RowStartStates(rows, state_keys) if args.keep_state == "row-starts" else rows
-            check = replay_error(actor, stored[:])  # all rows, as the loss will see them
-            if check > 1e-4:
-                raise RuntimeError(f"online_ppo: the recurrent replay disagrees with the collector's log-probabilities "
-                                   f"(max |d log p| = {check:.2e}): the stored states do not replay the collection.")
-            for _ in range(args.epochs):
-                for idx in torch.randperm(len(rows)).split(args.minibatch_rows):
-                    losses = loss_module(stored[idx])
-                    loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-                    optimizer.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(loss_module.parameters(), args.max_grad_norm)
-                    optimizer.step()
-            collector.update_policy_weights_()
-            train_s += time.perf_counter() - t1
-            done = rows["next", "done"].squeeze(-1)
-            ret = float(rows["next", "episode_reward"].squeeze(-1)[done].mean()) if bool(done.any()) else float("nan")
-            point = {"frames": frames, "return": ret, "episodes": int(done.sum()), "replay_error": check,
-                     "collect_fps": frames / collect_s, "batch_bytes": full_bytes,
-                     "stored_bytes": stored.bytes(), "loss_objective": losses["loss_objective"].item(),
-                     "loss_critic": losses["loss_critic"].item(), "entropy": losses["entropy"].item()}
-            curve.append(point)
-            if run is not None:
-                run.log({f"{kind}/seed{seed}/{k}": v for k, v in point.items()})
-            bar.update(rows.numel())
-            bar.set_postfix(ret=f"{ret:+.3f}", fps=f"{point['collect_fps']:.0f}")
+        # a worker that dies ends the run with an error (TorchRL's weight push would wait for ever), and the
+        # process within 60 s whatever it then waits on (the stacks of a stuck exit are printed)
+        with watch_workers(exit_after=60):
             t0 = time.perf_counter()
+            for batch in collector or ():
+                collect_s += time.perf_counter() - t0
+                t1 = time.perf_counter()
+                # [envs, T]: each row one env's consecutive steps; the critic's recorded value is recomputed by GAE
+                rows = batch.reshape(-1, args.rollout).exclude("state_value")
+                frames += rows.numel()
+                with torch.no_grad(), set_recurrent_mode(True):
+                    gae(rows)  # advantage, value_target: the critic replayed over the rows from their stored states
+                full_bytes = rows.bytes()
+                stored = RowStartStates(rows, state_keys) if args.keep_state == "row-starts" else rows
+                check = replay_error(actor, stored[:])  # all rows, as the loss will see them
+                if check > 1e-4:
+                    raise RuntimeError(f"online_ppo: the recurrent replay disagrees with the collector's log-probabilities "
+                                       f"(max |d log p| = {check:.2e}): the stored states do not replay the collection.")
+                for _ in range(args.epochs):
+                    for idx in torch.randperm(len(rows)).split(args.minibatch_rows):
+                        losses = loss_module(stored[idx])
+                        loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                        optimizer.zero_grad()
+                        loss.backward()
+                        torch.nn.utils.clip_grad_norm_(loss_module.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                collector.update_policy_weights_()
+                train_s += time.perf_counter() - t1
+                done_mask = rows["next", "done"].squeeze(-1)
+                ret = (float(rows["next", "episode_reward"].squeeze(-1)[done_mask].mean()) if bool(done_mask.any())
+                       else float("nan"))
+                point = {"frames": frames, "return": ret, "episodes": int(done_mask.sum()), "replay_error": check,
+                         "collect_fps": frames / collect_s, "batch_bytes": full_bytes,
+                         "stored_bytes": stored.bytes(), "loss_objective": losses["loss_objective"].item(),
+                         "loss_critic": losses["loss_critic"].item(), "entropy": losses["entropy"].item()}
+                curve.append(point)
+                if run is not None:
+                    run.log({f"{kind}/seed{seed}/{k}": v for k, v in point.items()})
+                bar.update(rows.numel())
+                bar.set_postfix(ret=f"{ret:+.3f}", fps=f"{point['collect_fps']:.0f}")
+                done += 1
+                if checkpoint is not None and checkpoint_due(done, total, args.checkpoint_every):
+                    t2 = time.perf_counter()
+                    save_training_state(checkpoint, step=done, steps=total, parts=parts,
+                                        extra={"curve": curve, "collect_seconds": collect_s, "train_seconds": train_s,
+                                               "checkpoint_seconds": checkpoint_s, "args": asdict(args)})
+                    checkpoint_s += time.perf_counter() - t2
+                t0 = time.perf_counter()
     finally:  # worker processes and weight-sync queues are closed on errors and Ctrl-C too
         bar.close()
-        close_collector(collector)
+        if collector is not None:
+            close_collector(collector)
     result = {"curve": curve, "collect_fps": frames / collect_s, "train_seconds": train_s, "collect_seconds": collect_s,
-              "max_replay_error": max(p["replay_error"] for p in curve), "actor": actor, "critic": critic}
+              "checkpoint_seconds": checkpoint_s, "max_replay_error": max(p["replay_error"] for p in curve),
+              "actor": actor, "critic": critic}
     if args.eval_episodes:
         result["eval_return"] = evaluate(actor, args)
     return result
@@ -345,12 +359,12 @@ def main() -> None:
     for kind in kinds:
         results[kind] = []
         for seed in args.seeds:
-            r = train(kind, seed, args, run, progress=args.progress)
-            torch.save({"actor": r.pop("actor").state_dict(), "critic": r.pop("critic").state_dict(), "args": asdict(args)},
-                       out / f"{kind}_seed{seed}.pt")
+            r = train(kind, seed, args, run, progress=args.progress, checkpoint=out / f"{kind}_seed{seed}.train.pt")
+            save_policy(out / f"{kind}_seed{seed}.pt", r.pop("actor"), r.pop("critic"), extra={"args": asdict(args)})
             print(f"  {kind} seed {seed}: final train return {r['curve'][-1]['return']:+.3f}, eval "
                   f"{r.get('eval_return', float('nan')):+.3f}, {r['collect_fps']:.0f} collected frames/s, "
-                  f"train {r['train_seconds']:.0f} s, max replay error {r['max_replay_error']:.1e}")
+                  f"train {r['train_seconds']:.0f} s, checkpoints {r['checkpoint_seconds']:.1f} s, "
+                  f"max replay error {r['max_replay_error']:.1e}")
             results[kind].append(r)
     summaries = report(results, args, out)
     run.finish()
