@@ -1,3 +1,7 @@
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +35,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("benchmarks/mikasa_robo.py")``: a tutorial or benchmark script loaded from its file as a
+    module (its ``Args``, ``check``, functions), without running ``main`` and without putting its folder on
+    ``sys.path``: scripts are leaves and import only the package."""
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relative: str):
+        path = root / relative
+        name = "script_" + relative.replace("/", "_").removesuffix(".py")  # not __main__: main() does not run
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)  # registered: get_type_hints finds it
+        spec.loader.exec_module(module)
+        return module
+
+    return load

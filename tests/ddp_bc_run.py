@@ -33,8 +33,8 @@ def main(out: str, steps: int, batch: int, updates: str, optimizer_name: str) ->
     loss = wrap_ddp(SequenceCrossEntropyLoss(actor), ctx)
     optimizer = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1), "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2)}[optimizer_name](
         actor.parameters())
-    train_bc(actor, loss, buffer, optimizer, steps=steps, batch=batch, seq_len=10, grad_clip=1.0, updates=updates,
-             segment_len=5, progress=False, ctx=ctx)
+    train_bc(actor, loss, buffer, optimizer, steps=steps, batch=batch, seq_len=10, grad_clip=1.0,
+             chunk_len=5 if updates == "segment" else None, progress=False, ctx=ctx)
     if ctx.is_main:
         torch.save({k: v.detach().clone() for k, v in actor.state_dict().items()} | {"world_size": ctx.world_size}, out)
     shutdown(ctx)

@@ -98,3 +98,28 @@ def test_tmaze_released_preset():
     assert (c.lru_blend, c.detach_memory, c.memory_dropout) == (0.79, True, 0.01)
     assert ELMURConfig.tmaze_released(write_rule="paper").write_rule == "paper"
     assert sum(p.numel() for p in ELMURBackbone(c).parameters()) == 2_109_692  # the paper: 2.1M
+
+
+def test_option_sets_name_every_option_and_no_size():
+    """Each named option set gives every field of OPTION_FIELDS (so with_options replaces all of a
+    config's options, none left over from the preset) and nothing else (sizes are kept)."""
+    import dataclasses
+
+    from torchrl_elmur.core.config import OPTION_FIELDS, OPTION_SETS
+
+    fields = {f.name for f in dataclasses.fields(ELMURConfig)}
+    assert set(OPTION_FIELDS) <= fields
+    for name, options in OPTION_SETS.items():
+        assert set(options) == set(OPTION_FIELDS), name
+    small = ELMURConfig(d_model=32, num_heads=2, num_layers=1, segment_len=4, memory_slots=3)
+    for name in OPTION_SETS:
+        config = with_options(small, name)
+        assert (config.d_model, config.num_layers, config.segment_len, config.memory_slots) == (32, 1, 4, 3)
+
+
+def test_option_set_names_are_the_choices_offered():
+    import typing
+
+    from torchrl_elmur.core.config import OPTION_SETS, OptionSetName
+
+    assert list(typing.get_args(OptionSetName)) == list(OPTION_SETS)

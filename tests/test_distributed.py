@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_bc_run import build_actor  # a helper beside this file (pytest puts tests/ on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "ddp_bc_run.py"
-sys.path.insert(0, str(SCRIPT.parent))
-from ddp_bc_run import build_actor  # noqa: E402
 
 
 def torchrun(nproc: int, out: Path, *args: str, timeout: int = 120, script: Path = SCRIPT) -> subprocess.CompletedProcess:

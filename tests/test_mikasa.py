@@ -157,20 +157,25 @@ def test_a_chosen_cue_keeps_the_layout_and_shows_its_colour():
 @needs_render
 def test_dataset_plays_each_layout_with_every_cue():
     """cues_per_layout=3: one seed's layout three times, once per colour (the drawn one first); the oracle
-    reaches a different cube each time and succeeds in all three."""
+    reaches a different cube each time and succeeds in all three (recorded as the default visible_state:
+    nothing rendered; the cue step shows a different cube each time)."""
     from torchrl_elmur.data.mikasa_dataset import layout_cues, oracle_success, play_mikasa_episodes
 
-    data = play_mikasa_episodes("RememberColor3-v0", 3, seed=4, image_size=SIZE, progress=False, cues_per_layout=3)
+    data = play_mikasa_episodes("RememberColor3-v0", 3, seed=4, obs_mode="visible_state", progress=False,
+                                cues_per_layout=3)
     assert data.batch_size == (180,) and oracle_success(data) == 1.0
     assert data["episode"].unique().tolist() == [12, 13, 14]  # seed 4 x 3 cues + j
     episodes = data.reshape(3, 60)
-    cue_frames = episodes["pixels"][:, 0]
+    cue_frames = episodes["visible_state"][:, 0]
+    shown = cue_frames[:, 16::7][:, :3]  # each cube's "visible" flag at the cue step: only the target's is set
+    assert sorted(shown.argmax(-1).tolist()) == [0, 1, 2] and shown.sum().item() == 3
     assert not torch.equal(cue_frames[0], cue_frames[1]) and not torch.equal(cue_frames[1], cue_frames[2])
     reach = episodes["action"][:, 10:14, :2]  # the first steps of the reach, towards three different cubes
     assert (reach[0] - reach[1]).abs().max() > 0.1 and (reach[1] - reach[2]).abs().max() > 0.1
     assert layout_cues(2, 9, 3, seed=1) == layout_cues(2, 9, 3, seed=1) and len(layout_cues(2, 9, 3, seed=1)) == 3
 
 
+@pytest.mark.slow  # ~40 s of rendering; DART-style noise is an option of the pixel recipe, off by default
 @needs_render
 def test_action_noise_moves_the_arm_but_keeps_the_oracles_labels():
     """action_noise (DART-style): the same seed with and without noise is the same episode up to the
@@ -188,10 +193,7 @@ def test_action_noise_moves_the_arm_but_keeps_the_oracles_labels():
     assert noisy["pixels"].dtype == torch.uint8 and noisy.batch_size == clean.batch_size == (60,)
 
 
-def test_action_noise_errors_name_the_value():
-    import sys
-    from pathlib import Path
-
+def test_action_noise_errors_name_the_value(load_script):
     from torchrl_elmur.data import make_mikasa_dataset
 
     for bad in (-0.1, float("nan"), float("inf"), True, "0.3"):
@@ -199,8 +201,7 @@ def test_action_noise_errors_name_the_value():
             make_mikasa_dataset("RememberColor3-v0", 2, action_noise=bad, cache_dir=None)
     with pytest.raises(ValueError, match="action_noise must be 0 for TakeItBack-v0: .* received 0.3"):
         make_mikasa_dataset("TakeItBack-v0", 2, action_noise=0.3, cache_dir=None)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import mikasa_robo as mr
+    mr = load_script("benchmarks/mikasa_robo.py")
 
     assert mr.check(mr.Args(action_noise=-1.0)).startswith("--action-noise: action_noise must be a finite float")
     assert mr.check(mr.Args(tasks=["TakeItBack-v0"], action_noise=0.3)).startswith("--action-noise: action_noise must be 0")
@@ -226,13 +227,16 @@ def test_elmur_policy_through_a_collector_replays_exactly():
 
 
 @needs_render
-def test_parallel_evaluation():
+@pytest.mark.parametrize("obs", ["visible_state", pytest.param("rgb", marks=pytest.mark.slow)])  # rgb: ~80 s of rendering
+def test_parallel_evaluation(obs):
     """mikasa_success streams a policy through a ParallelEnv of two processes: one bool per episode, and
     this process's torch threads as they were (ParallelEnv changes them when it starts and closes)."""
     from torchrl_elmur.training.evaluate import mikasa_success
+    from torchrl_elmur.training.mikasa_bc import make_mikasa_actor
 
     threads = torch.get_num_threads()
-    success = mikasa_success(pixel_actor("mlp"), "RememberColor3-v0", 2, image_size=SIZE, workers=2)
+    actor = pixel_actor("mlp") if obs == "rgb" else make_mikasa_actor("RememberColor3-v0", "gru", width=8)
+    success = mikasa_success(actor, "RememberColor3-v0", 2, obs_mode=obs, image_size=SIZE, workers=2)
     assert success.shape == (2,) and success.dtype == torch.bool
     assert torch.get_num_threads() == threads
 
@@ -249,11 +253,38 @@ def test_benchmark_rejects_unknown_task():
 
 
 @needs_render
+def test_benchmark_visible_state_records_rows_and_a_rerun_skips_them(tmp_path):
+    """The default observation end to end at a tiny size, two training seeds: the paper-form table (mean ± std
+    over seeds, the paper's pixel numbers beside), every file, and a second run of the same command that
+    trains nothing (the rows come back from <out>/mikasa_robo.rows.jsonl as they were)."""
+    from test_tutorials import run_script
+
+    flags = ["--tasks", "RememberColor3-v0", "--episodes", "2", "--steps", "2", "--batch", "1", "--eval-episodes", "1",
+             "--workers", "1", "--policies", "elmur", "mlp", "--seeds", "0", "1", "--out", str(tmp_path / "out"),
+             "--cache", str(tmp_path / "cache"), "--no-progress"]
+    first = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, timeout=600)[-1])
+    row = first["tasks"]["RememberColor3-v0"]
+    assert first["obs"] == "visible_state" and row["oracle"] == 1.0 and abs(row["chance"] - 1 / 3) < 1e-9
+    assert [(r["policy"], r["seed"]) for r in first["rows"]] == [("elmur", 0), ("mlp", 0), ("elmur", 1), ("mlp", 1)]
+    values = [r["success"] for r in first["rows"] if r["policy"] == "elmur"]
+    assert row["elmur"] == sum(values) / 2 and row["elmur_text"] == f"{row['elmur']:.2f} ± {row['elmur_std']:.2f}"
+    assert row["paper_elmur"] == 0.89 and row["paper_mlp"] == 0.27
+    assert [r["cue_effect"] for r in first["rows"] if r["policy"] == "mlp"] == [0.0, 0.0]
+    for ext in ("csv", "md", "png", "json", "rows.jsonl"):
+        assert (tmp_path / "out" / f"mikasa_robo.{ext}").stat().st_size > 0
+    assert "± " in (tmp_path / "out" / "mikasa_robo.md").read_text()
+    again = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, timeout=600)[-1])
+    assert again["rows"] == first["rows"]  # train and eval seconds included: nothing ran again
+
+
+@pytest.mark.slow  # the pixel benchmark end to end (~80 s); its parts have their own tests
+@needs_render
 def test_benchmark_smoke(tmp_path):
     from test_tutorials import run_script
 
-    flags = ["--episodes", "2", "--steps", "2", "--batch", "1", "--eval-episodes", "1", "--workers", "1",
-             "--image-size", str(SIZE), "--policies", "elmur", "--out", str(tmp_path / "out"),
+    flags = ["--obs", "rgb", "--tasks", "RememberColor3-v0", "--seeds", "0", "--episodes", "2", "--steps", "2", "--batch",
+             "1", "--eval-episodes", "1", "--workers", "1", "--image-size", str(SIZE), "--policies", "elmur", "--out",
+             str(tmp_path / "out"),
              "--cache", str(tmp_path / "cache"), "--no-progress"]
     result = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, timeout=600)[-1])
     row = result["tasks"]["RememberColor3-v0"]
@@ -264,25 +295,25 @@ def test_benchmark_smoke(tmp_path):
         assert (tmp_path / "out" / f"mikasa_robo.{ext}").stat().st_size > 0
 
 
-def test_cue_effect_is_zero_without_memory():
-    """benchmarks/mikasa_robo.cue_effect on synthetic episodes: a memoryless MLP's actions after the
-    cue cannot depend on the cue frames (exactly 0); ELMUR's can (> 0 with random weights)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import mikasa_robo as mr
+@pytest.mark.parametrize("obs", ["visible_state", "rgb"])
+def test_cue_effect_is_zero_without_memory(obs):
+    """cue_effect on synthetic episodes: a memoryless MLP's actions after the cue cannot depend on the
+    cue steps (exactly 0); ELMUR's can (> 0 with random weights); one episode: no pair, no number."""
     from tensordict import TensorDict
+
+    from torchrl_elmur.training.mikasa_bc import cue_effect, make_mikasa_actor
 
     task = "RememberColor3-v0"
     T, n = 60, 4
     torch.manual_seed(0)
-    data = TensorDict({"pixels": torch.randint(0, 256, (n * T, 6, SIZE, SIZE), dtype=torch.uint8),
-                       "action": torch.randn(n * T, 4),
-                       "is_init": (torch.arange(n * T) % T == 0).unsqueeze(-1)}, [n * T])
-    args = mr.Args(image_size=SIZE)
-    effects = {m: mr.cue_effect(mr.make_actor(task, m, args), data, task) for m in ("mlp", "elmur")}
+    key = "pixels" if obs == "rgb" else "visible_state"
+    x = (torch.randint(0, 256, (n * T, 6, SIZE, SIZE), dtype=torch.uint8) if obs == "rgb"
+         else torch.randn(n * T, 37))
+    data = TensorDict({key: x, "action": torch.randn(n * T, 4), "is_init": (torch.arange(n * T) % T == 0).unsqueeze(-1)},
+                      [n * T])
+    actors = {m: make_mikasa_actor(task, m, obs=obs, image_size=SIZE, width=16) for m in ("mlp", "elmur")}
+    effects = {m: cue_effect(actor, data, task, key=key) for m, actor in actors.items()}
     assert effects["mlp"]["cue_effect"] == 0.0
     assert effects["elmur"]["cue_effect"] > 1e-4
     assert effects["mlp"]["reach_action"] == effects["elmur"]["reach_action"] > 0
-    assert mr.cue_effect(mr.make_actor(task, "mlp", args), data[:T], task) == {}  # one episode: no pair
+    assert cue_effect(actors["mlp"], data[:T], task, key=key) == {}

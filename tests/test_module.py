@@ -217,7 +217,8 @@ class TestParity:
         for key in state_fields(layout):  # ("next", state) at the row end is the real final state
             torch.testing.assert_close(seq[nxt(key)][:, -1], last[key], rtol=0, atol=1e-10)
 
-    @pytest.mark.parametrize("layout", ["cache", "tokens"])
+    @pytest.mark.parametrize("layout", [pytest.param("cache", marks=pytest.mark.slow),  # ~25 s of inductor; the
+                                        "tokens"])  # cache layout compiled: test_fast_paths::test_compiled_cpu_step_equals_eager
     def test_compiled_step_mode_equals_eager(self, layout):
         """compile_step (torch.compile of the sync-free step; inductor on CPU) gives the eager
         outputs with resets mid-stream, with either state layout (the default steps its derived

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tutorials/offline_iql.py"
-TINY = ["--steps", "3", "--episodes", "12", "--batch", "4", "--seq-len", "12", "--hidden", "16", "--critic-hidden", "16",
+TINY = ["--steps", "3", "--episodes", "12", "--batch", "4", "--seq-len", "12", "--width", "16", "--critic-width", "16",
         "--eval-lengths", "3", "12", "--eval-episodes", "4", "--eval-every", "2", "--threads", "1"]
 
 
@@ -39,9 +39,14 @@ def test_compare_smoke(tmp_path):
     assert (out / "wandb").is_dir()
     import torch
 
-    checkpoint = torch.load(out / "iql-elmur.pt", weights_only=False)
-    assert {"actor", "loss", "args"} <= set(checkpoint)
-    assert any(k.startswith("target_qvalue_network_params") for k in checkpoint["loss"])  # SoftUpdate targets saved
+    from torchrl_elmur.training.checkpoint import load_policy, read_policy_file
+
+    checkpoint = read_policy_file(out / "iql-elmur.pt")
+    assert {"loss", "args"} <= set(checkpoint["extra"])
+    assert any(k.startswith("target_qvalue_network_params") for k in checkpoint["extra"]["loss"])  # SoftUpdate targets saved
+    actor = load_policy(out / "iql-elmur.pt")  # the actor, rebuilt from the file alone
+    assert actor.in_keys == ["observation", "actor_rs", "is_init"]
+    assert all(torch.equal(v, checkpoint["state_dicts"][0][k]) for k, v in actor.state_dict().items())
 
 
 def test_rejects_bad_fractions(tmp_path):

@@ -60,7 +60,7 @@ def test_bad_arguments():
 
 
 def test_chunks_carrying_the_state_equal_streaming_the_episode():
-    """The long-episode scheme (train_bc updates='segment': consecutive chunks, the state carried)
+    """The long-episode scheme (train_bc chunk_len=K: consecutive chunks, the state carried)
     sees what a streamed policy sees: chunk by chunk in recurrent mode == step by step, over a
     RepeatFirstHard episode (831 steps) cut into chunks of 35 that do not align with ELMUR's segments."""
     data = play_episodes("RepeatFirstHard", 1, progress=False)[:210]

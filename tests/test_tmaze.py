@@ -127,13 +127,13 @@ class TestDataset:
                            data["observation"][1:][~data["next", "done"][:-1].squeeze(-1)])
 
     def test_deterministic_and_cached(self, tmp_path):
-        a = make_tmaze_dataset(num_episodes=20, seed=3, cache=tmp_path / "d.pt")
+        a = make_tmaze_dataset(num_episodes=20, seed=3, cache=tmp_path / "d")
         b = make_tmaze_dataset(num_episodes=20, seed=3)
         c = make_tmaze_dataset(num_episodes=20, seed=4)
-        assert (tmp_path / "d.pt").exists()
+        assert (tmp_path / "d" / "meta.json").exists()
         assert torch.equal(a["observation"], b["observation"])
         assert not torch.equal(a["corridor_length"], c["corridor_length"][: len(a)] if len(c) >= len(a) else c["corridor_length"])
-        again = make_tmaze_dataset(num_episodes=20, seed=3, cache=tmp_path / "d.pt")
+        again = make_tmaze_dataset(num_episodes=20, seed=3, cache=tmp_path / "d")
         assert torch.equal(again["action"], a["action"])
 
     def test_episode_aligned_batches(self):

@@ -48,8 +48,8 @@ def test_carried_state_continues_the_window_exactly(data, memory):
     torch.testing.assert_close(torch.cat(parts, 1), whole, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("updates, optimizer_steps", [("window", 2), ("segment", 6)])
-def test_updates_per_sample(data, updates, optimizer_steps):
+@pytest.mark.parametrize("chunk_len, optimizer_steps", [(None, 2), (12, 2), (4, 6)])
+def test_updates_per_sample(data, chunk_len, optimizer_steps):
     actor = make_actor("elmur")
     buffer = make_offline_replay_buffer(data, 2, 12, seed=0)
     optimizer = torch.optim.AdamW(actor.parameters(), lr=1e-3)
@@ -57,7 +57,7 @@ def test_updates_per_sample(data, updates, optimizer_steps):
     optimizer.register_step_post_hook(lambda *a: calls.append(1))
     probes = []
     history = train_bc(actor, SequenceCrossEntropyLoss(actor), buffer, optimizer, steps=2, batch=2, seq_len=12,
-                       grad_clip=1.0, updates=updates, segment_len=4, progress=False,
+                       grad_clip=1.0, chunk_len=chunk_len, progress=False,
                        probe=lambda a: probes.append(a.training) or {"x": 1.0}, probe_every=1)
     assert len(calls) == optimizer_steps
     assert [p["step"] for p in history.probes] == [1, 2] and history.first_time("x") == history.probes[0]["seconds"]
@@ -68,10 +68,9 @@ def test_errs(data):
     actor = make_actor("elmur")
     buffer = make_offline_replay_buffer(data, 2, 12)
     args = (actor, SequenceCrossEntropyLoss(actor), buffer, torch.optim.AdamW(actor.parameters()))
-    with pytest.raises(ValueError, match="updates='epoch' is invalid"):
-        train_bc(*args, steps=1, batch=2, seq_len=12, grad_clip=1.0, updates="epoch")
-    with pytest.raises(ValueError, match="needs segment_len dividing seq_len=12, received 5"):
-        train_bc(*args, steps=1, batch=2, seq_len=12, grad_clip=1.0, updates="segment", segment_len=5)
+    for bad in (5, 0, -4, True, 4.0):
+        with pytest.raises(ValueError, match=rf"chunk_len must be a positive divisor of seq_len=12 \(or None: the whole window\), received {bad!r}"):
+            train_bc(*args, steps=1, batch=2, seq_len=12, grad_clip=1.0, chunk_len=bad)
 
 
 def test_select_keeps_the_best_probed_weights(data):

@@ -4,6 +4,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -58,6 +60,16 @@ def test_offline_bc_smoke(tmp_path, mode):
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0] == "policy,corridor_length,success,train_seconds,eval_seconds" and len(rows) == 1 + 2 * len(policies)
     assert (out / "wandb").is_dir()
+    if mode[0] == "--policy":  # the saved policy loads by one call; --resume finds the run complete and ends as it did
+        from torchrl_elmur.training.checkpoint import load_policy
+
+        assert load_policy(out / "elmur.pt").in_keys == ["observation", "recurrent_state", "is_init"]
+        again = run_script("tutorials/offline_bc.py", *mode, "--steps", "3", "--episodes", "12", "--batch", "4",
+                           "--eval-lengths", "3", "12", "--eval-episodes", "4", "--wandb", "disabled", "--out", str(out),
+                           "--threads", "1", "--select-corridor", "12", "--select-every", "2", "--select-episodes", "2",
+                           "--resume")
+        assert any("resumed from" in line and "at step 3 of 3" in line for line in again)
+        assert json.loads(again[-1])["elmur"]["success"] == result["elmur"]["success"]
 
 
 def test_offline_bc_rejects_odd_episode_count(tmp_path):
@@ -116,7 +128,8 @@ def test_tmaze_seeds_names_the_seed_of_a_failed_run(tmp_path):
         ("benchmarks/collector_throughput.py", ["--frames-per-batch", "8", "--batches", "1"], "collector_throughput"),
         ("benchmarks/tmaze_horizon.py", ["--lengths", "3", "5", "--eval-episodes", "2", "--train-steps", "1",
                                          "--checkpoints", "no-such-folder", "--no-compile"], "tmaze_horizon"),
-        ("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity"),
+        pytest.param("benchmarks/device_parity.py", ["--device", "cpu"], "device_parity",
+                     marks=pytest.mark.slow),  # ~40 s; it matters on a GPU (gpu_check.sh runs it there)
         ("benchmarks/replay_bytes.py", ["--frames", "60", "--slice-len", "5"], "replay_bytes"),
         ("benchmarks/scaling.py", ["--procs", "2", "--memories", "gru", "--steps", "1", "--batches", "1", "--batch", "4",
                                    "--seq-len", "10", "--rollout", "8", "--envs-per-worker", "2"], "scaling"),
@@ -168,6 +181,7 @@ def test_benchmark_smoke(tmp_path, script, flags, benchmark):
         assert len(list((tmp_path / "checkpoints").glob("released_*.pt"))) == 2
 
 
+@pytest.mark.slow  # ~70 s: --compare over four memories; test_online_ppo runs the tutorial four times by default
 def test_online_ppo_smoke(tmp_path):
     """--compare: four policies on a tiny budget, through the worker processes; table, files, JSON."""
     out = tmp_path / "ppo"
@@ -206,11 +220,19 @@ def _group_alive(pgid: int) -> list[str]:
 PPO_LONG = ["--frames", "100000", "--wandb", "disabled", "--eval-episodes", "0", "--no-progress"]
 
 
-@pytest.mark.parametrize("fault", ["exception", "sigint"])
+def _workers(pid: int) -> list[int]:
+    """The collector's worker processes: children of ``pid`` other than multiprocessing's resource tracker."""
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if line.strip() and "resource_tracker" not in line]
+
+
+@pytest.mark.parametrize("fault", ["exception", "sigint", "worker-multisync",
+                                   pytest.param("worker-distributed", marks=pytest.mark.slow)])  # ~70 s: its 10 s store time-out
 def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
-    """An exception in the learner after the collector's workers started, or Ctrl-C (SIGINT to the whole
-    process group, as a terminal sends it), ends the run within 30 s and leaves no process behind."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
+    """An exception in the learner after the collector's workers started, Ctrl-C (SIGINT to the whole
+    process group, as a terminal sends it), or a collector worker killed (SIGKILL; MultiSyncCollector and
+    DistributedCollector) ends the run with an error, within the time-out, and leaves no process behind."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true", "PYTHONFAULTHANDLER": "1"}
     if fault == "exception":  # the script as run from the command line, with the optimizer step failing
         inject = ("import runpy, sys, torch\n"
                   "def fail(*a, **k): raise RuntimeError('injected learner fault')\n"
@@ -218,12 +240,45 @@ def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
                   f"sys.argv = ['online_ppo.py', *{PPO_LONG + ['--out', str(tmp_path)]!r}]\n"
                   f"runpy.run_path({str(ROOT / 'tutorials/online_ppo.py')!r}, run_name='__main__')\n")
         command = [sys.executable, "-c", inject]
+    elif fault.startswith("worker"):  # with its progress bar: the first update's line says training has begun
+        collector = ["--collector", "distributed"] if fault == "worker-distributed" else []
+        flags = [f for f in PPO_LONG if f != "--no-progress"]
+        command = [sys.executable, str(ROOT / "tutorials/online_ppo.py"), *flags, *collector, "--out", str(tmp_path)]
     else:
         command = [sys.executable, str(ROOT / "tutorials/online_ppo.py"), *PPO_LONG, "--out", str(tmp_path)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
     try:
-        if fault == "sigint":
+        if fault.startswith("worker"):
+            # kill a worker once the learner has taken an update (the bar shows fps): then the learner waits on
+            # the workers inside TorchRL's weight push, which has no time-out of its own
+            chunks = []
+            reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(64), "")), daemon=True)
+            reader.start()
+            deadline = time.monotonic() + 150
+            while "fps=" not in "".join(chunks) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert "fps=" in "".join(chunks), "".join(chunks)[-2000:]
+            os.kill(_workers(proc.pid)[0], signal.SIGKILL)
+            start = time.monotonic()
+            try:  # a watchdog raises within ~1 s (MultiSync) or the store's 10 s time-out (distributed)
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:  # SIGABRT: faulthandler prints every thread's stack, to say where it waits
+                os.kill(proc.pid, signal.SIGABRT)
+                proc.wait(timeout=20)
+                reader.join(timeout=10)
+                pytest.fail("the run did not end within 90 s of its worker's death; its threads' stacks:\n"
+                            + "".join(chunks)[-6000:])
+            reader.join(timeout=10)
+            stderr = "".join(chunks)
+            # whichever notices first: the watchdog (the learner pushing weights), MultiSyncCollector (the learner
+            # collecting) or DistributedCollector's store
+            assert any(m in stderr for m in ("WorkerDied: a collector worker process died", "At least one process failed: "
+                                             "worker", "DistStoreError")), stderr[-2000:]
+            if "watch_workers: the run had not ended" in stderr:  # ended by the last resort: say where it was stuck
+                warnings.warn("online_ppo ended by watch_workers' exit_after, stuck after the worker's death:\n"
+                              + stderr[-6000:])
+        elif fault == "sigint":
             deadline = time.monotonic() + 120
             while len(_group_alive(proc.pid)) < 3 and time.monotonic() < deadline:  # the two collector workers run
                 time.sleep(0.5)
@@ -250,18 +305,21 @@ def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
     ("tutorials/offline_bc.py", ["--steps", "-3"], "--steps must be in [1, inf), received -3"),
     ("tutorials/offline_bc.py", ["--batch", "0"], "--batch must be in [1, inf), received 0"),
     ("tutorials/offline_bc.py", ["--lru-blend", "2"], "--lru-blend must be in [0, 1], received 2.0"),
-    ("tutorials/offline_bc.py", ["--hidden", "31"], "ELMURConfig.d_model=31 is invalid: expected a multiple of num_heads=2."),
+    ("tutorials/offline_bc.py", ["--width", "31"], "ELMURConfig.d_model=31 is invalid: expected a multiple of num_heads=2."),
     ("tutorials/offline_iql.py", ["--steps", "0"], "--steps must be in [1, inf), received 0"),
     ("tutorials/offline_iql.py", ["--oracle", "nan"], "--oracle must be in [0, 1], received nan"),
-    ("tutorials/offline_iql.py", ["--hidden", "31"], "ELMURConfig.d_model=31 is invalid: expected a multiple of num_heads=2."),
+    ("tutorials/offline_iql.py", ["--width", "31"], "ELMURConfig.d_model=31 is invalid: expected a multiple of num_heads=2."),
     ("benchmarks/popgym_suite.py", ["--width", "30"], "ELMURConfig.d_model=30 is invalid: expected a multiple of num_heads=4."),
+    ("benchmarks/popgym_suite.py", ["--eval-episodes", "0"], "--eval-episodes must be in [1, inf), received 0"),
+    ("benchmarks/mikasa_robo.py", ["--tasks", "Foo"],
+     "--tasks: MIKASA task: unknown task 'Foo'. Valid ids: ['RememberColor3-v0', 'RememberColor5-v0', 'RememberColor9-v0', 'TakeItBack-v0']."),
     ("tutorials/online_ppo.py", ["--lr", "nan"], "--lr must be in (0, inf), received nan"),
     ("tutorials/online_ppo.py", ["--lr", "-1"], "--lr must be in (0, inf), received -1.0"),
     ("tutorials/online_ppo.py", ["--options", "released"],
      "received {'dropout': 0.1, 'attn_dropout': 0.17, 'memory_dropout': 0.01}"),
 ])
 def test_tutorials_refuse_bad_values_in_one_line(script, flags, message):
-    """A bad value ends before any work with argparse's usage error: exit 2, the flag, what was received."""
+    """A bad value ends before any work with a usage error: exit 2, one line, the flag, what was received."""
     proc = subprocess.run([sys.executable, str(ROOT / script), *flags], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(message), proc.stderr[-500:]
