@@ -26,7 +26,9 @@ def rows(obs_size: int = 4, batch: int = 3, time: int = 7) -> TensorDict:
     return TensorDict({"observation": torch.randn(batch, time, obs_size, generator=g), "is_init": is_init}, [batch, time])
 
 
-def test_a_fresh_process_rebuilds_the_policy_and_acts_the_same(tmp_path):
+def test_a_fresh_process_rebuilds_the_policy_and_acts_the_same(tmp_path, one_torch_thread):
+    """Both processes on one torch thread: with two, the parent (threads set by earlier tests) and the child
+    may sum in another order, and the comparison is to the bit."""
     torch.manual_seed(0)
     actor = make_bc_actor("elmur", 4, num_actions=3, width=16, config=CONFIG).eval()
     actor_critic = make_actor_critic("elmur", 4, 3, width=16, config=CONFIG.replace(dropout=0.0, attn_dropout=0.0,
@@ -42,6 +44,7 @@ def test_a_fresh_process_rebuilds_the_policy_and_acts_the_same(tmp_path):
 import torch
 from torchrl.modules import set_recurrent_mode
 from torchrl_elmur.training.checkpoint import load_policy
+torch.set_num_threads(1)
 actor = load_policy({str(tmp_path / 'bc.pt')!r}).eval()
 _, critic = load_policy({str(tmp_path / 'ppo.pt')!r})
 data = torch.load({str(tmp_path / 'rows.pt')!r}, weights_only=False)
