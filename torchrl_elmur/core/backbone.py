@@ -14,14 +14,13 @@ p = position in the current segment (``step % K``).
   values and outputs of all layers go into the next state's cache at slot p, in one write. The
   next state is a new one (one copy of the cache per step) unless ``inplace=True``. The part
   every row does at every step (:meth:`ELMURBackbone._token_path`) has no data-dependent shape
-  or branch: :meth:`ELMURBackbone.compiled_step` compiles it.
+  or branch. How a step is run fast (in place, without host syncs, compiled) is
+  :mod:`torchrl_elmur.core.stepping`'s :class:`~torchrl_elmur.core.stepping.Stepping`, which the
+  backbone inherits: this file is the model.
 - :func:`torchrl_elmur.core.reference.window_recompute` is the slow reference both are tested
   against.
 """
 from __future__ import annotations
-
-import functools
-from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +32,10 @@ from .feedforward import MoEFeedForward
 from .layer import ELMURLayer, make_norm
 from .lru import lru_commit
 from .state import CACHE_KEY, CACHE_OUTPUT, CACHE_VALUE, ELMURState, layer_cache, pack_cache
+from .stepping import Stepping
 
 
-class CompiledPaths(NamedTuple):
-    """The compiled parts of a step that :meth:`ELMURBackbone._step` runs instead of the eager
-    ones (:meth:`ELMURBackbone.compiled_paths`): the token path (every row, every step; used by
-    in-place steps), the token path with the write into a new cache (the other steps) and the
-    segment write of the rows whose segment completes (every K steps)."""
-
-    token_path: Callable
-    token_write: Callable
-    segment_write: Callable
-
-
-class ELMURBackbone(nn.Module):
+class ELMURBackbone(Stepping, nn.Module):
     """External Layer Memory with Update/Rewrite, pure torch (no TensorDict).
 
     Args:
@@ -208,7 +197,7 @@ class ELMURBackbone(nn.Module):
             static: compute the segment write for every row and keep it only where a segment
                 completes, instead of picking those rows first. Same result, no host sync and no
                 data-dependent shapes: the form ``torch.compile`` / CUDA graphs can capture whole
-                (see :meth:`compiled_step`); more work when M is large.
+                (see :meth:`~torchrl_elmur.core.stepping.Stepping.compiled_step`); more work when M is large.
             inplace: update ``state``'s tensors in place and return them, instead of copying the
                 segment cache (``[B, H, K, L, 3, d]``) into a new state every step: for inference
                 loops that never read a state again once it has been stepped (``state =
@@ -226,28 +215,10 @@ class ELMURBackbone(nn.Module):
         """
         return self._checked_step(x, state, static, inplace)
 
-    def _checked_step(self, x: Tensor, state: ELMURState | None, static: bool, inplace: bool,
-                      compiled: CompiledPaths | None = None) -> tuple[Tensor, ELMURState]:
-        """:meth:`step`'s checks, then the step (``compiled``: see :meth:`_step`)."""
-        self._check_tokens(x, 2, "step")
-        if isinstance(state, ELMURState) and state.layout == "tokens":
-            if static or inplace or compiled is not None:
-                raise ValueError(f"ELMURBackbone.step: static=True, inplace=True and the compiled step need a state of "
-                                 f"layout 'cache', received layout 'tokens' (static={static}, inplace={inplace}).")
-            y, state = self.forward(x.unsqueeze(1), state)
-            return y[:, 0], state
-        if inplace and (static or torch.is_grad_enabled() or state is None):
-            raise ValueError(
-                "ELMURBackbone.step: inplace=True needs a given state, autograd off (torch.no_grad()) and "
-                f"static=False; received state={'None' if state is None else 'given'}, "
-                f"grad enabled={torch.is_grad_enabled()}, static={static}."
-            )
-        return self._step(x, self._prepare(x, state, "step"), static, inplace, compiled)
-
     def _token_path(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
                     p: Tensor) -> tuple[Tensor, Tensor]:
         """The part of a step that every row does at every step, with no data-dependent shape or
-        branch (what :meth:`compiled_step` compiles): all layers' token outputs for ``x [B, F]``
+        branch (what :meth:`~torchrl_elmur.core.stepping.Stepping.compiled_step` compiles): all layers' token outputs for ``x [B, F]``
         at slots ``p = step % K`` (computed once by :meth:`_step`).
 
         Returns:
@@ -272,76 +243,6 @@ class ELMURBackbone(nn.Module):
         entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
         return self.final_norm(h), entry
 
-    def _token_write(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
-                     inplace: bool = False, token_path=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """:meth:`_token_path` (or ``token_path``, e.g. its compiled form) and the write of its
-        entry at slot ``p = step % K`` of the next cache: a new one, or ``cache`` itself with
-        ``inplace``. The part of a step that every row does at every step; compiled as one graph
-        for steps that are not in place (a compiled in-place write could copy the cache back).
-
-        Returns:
-            ``(y [B, D], next cache, p [B], done [B])``: ``done``: whether this token completes its
-            row's segment.
-        """
-        K = self.config.segment_len
-        p = step % K  # [B]: this token's slot in the segment
-        y, entry = (token_path or self._token_path)(x, memory, memory_time, cache, step, p)
-        if not inplace:
-            cache = cache.clone()
-        cache[torch.arange(x.shape[0], device=x.device), :, p] = entry
-        return y, cache, p, p == K - 1
-
-    def _segment_write(self, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
-                       p: Tensor) -> tuple[Tensor, Tensor]:
-        """The memory commit of ``b`` rows whose segment the current token completes (what
-        :meth:`compiled_paths` compiles): ``memory [b, L, M, D]``, ``memory_time [b, L, M]``, their
-        ``cache [b, H, K, L, 3, d]`` with this token written, its ``step`` and slot ``p`` ``[b]``.
-
-        Returns:
-            ``(memory, memory_time)`` after :meth:`commit_segment`.
-        """
-        K = self.config.segment_len
-        seg_stamp = (step - p + 1)[:, None] + torch.arange(K, device=step.device)  # [b, K]
-        outs = [merge_heads(layer_cache(cache, i, CACHE_OUTPUT)) for i in range(self.config.num_layers)]  # [b, K, D]
-        return self.commit_segment(memory, memory_time, outs, seg_stamp)
-
-    def _step(self, x: Tensor, state: ELMURState, static: bool = False, inplace: bool = False,
-              compiled: CompiledPaths | None = None, own_cache: bool = False) -> tuple[Tensor, ELMURState]:
-        """:meth:`step` without its input checks: ``x [B, token_size]`` and a validated state of
-        layout ``"cache"`` (for callers that checked both, e.g. :class:`~torchrl_elmur.ELMURModule`).
-        ``compiled``: the compiled token path, token write and segment write
-        (:meth:`compiled_paths`), else the eager ones. ``own_cache``: the caller owns
-        ``state.cache`` (a derived cache, see :class:`~torchrl_elmur.ELMURModule`): it is written in
-        place and returned, while memory, stamps and step are new tensors, as without ``inplace``."""
-        self._start_call(1)
-        token_path, token_write, segment_write = compiled or (self._token_path, self._token_write, self._segment_write)
-        memory, memory_time, cache, step = state.memory, state.memory_time, state.cache, state.step
-        if inplace or own_cache:  # the (compiled) token path, its entry written eagerly into the input's cache
-            y, cache, p, done = self._token_write(x, memory, memory_time, cache, step, True, token_path)
-        else:
-            y, cache, p, done = token_write(x, memory, memory_time, cache, step)
-        if static:  # write every row, keep it where done
-            mem, time = segment_write(memory, memory_time, cache, step, p)
-            memory = torch.where(done[:, None, None, None], mem, memory)
-            memory_time = torch.where(done[:, None, None], time, memory_time)
-            cache = torch.where(done[:, None, None, None, None, None], torch.zeros_like(cache), cache)
-        elif bool(done.any()):
-            if bool(done.all()):  # every row (batched envs in step with each other): no gather
-                mem, time = segment_write(memory, memory_time, cache, step, p)
-                if inplace:
-                    memory.copy_(mem), memory_time.copy_(time), cache.zero_()
-                else:
-                    memory, memory_time = mem, time
-                    cache = cache.zero_() if own_cache else torch.zeros_like(cache)
-            else:  # write the done rows only
-                rows = done.nonzero().squeeze(-1)
-                mem, time = segment_write(memory[rows], memory_time[rows], cache[rows], step[rows], p[rows])
-                index_copy = torch.Tensor.index_copy_ if inplace else torch.Tensor.index_copy
-                memory = index_copy(memory, 0, rows, mem)
-                memory_time = index_copy(memory_time, 0, rows, time)
-                cache[rows] = 0.0  # the next segment starts with an empty cache
-        return y, ELMURState(memory, memory_time, cache, step.add_(1) if inplace else step + 1)
-
     def cache_from_tokens(self, state: ELMURState) -> Tensor:
         """The segment cache ``[B, H, K, L, 3, d]`` (layout ``"cache"``) that continues ``state``, a
         state of layout ``"tokens"``: its ``p = step % K`` stored tokens run from the segment's start
@@ -362,46 +263,6 @@ class ELMURBackbone(nn.Module):
         if K == 1:  # no earlier tokens in a segment of one
             return start.cache
         return self.forward(state.tokens, start, lengths=p)[1].cache
-
-    def compiled_step(self, mode: str = "reduce-overhead"):
-        """A ``torch.compile``-d :meth:`step`: call it like :meth:`step` (state layout ``"cache"``).
-        Compilation happens on the first calls, once per batch size (tens of seconds on a CPU).
-
-        - ``mode="reduce-overhead"`` (GPUs: CUDA graphs): the whole static step (``static=True``)
-          as one graph, with no host sync.
-        - any other mode (``"default"``: CPUs): every row's work at every step (the token path
-          with the write into a new cache, :meth:`_token_write`; with ``inplace=True`` the token
-          path, :meth:`_token_path`, and an eager write into the input's cache) and the segment
-          write of the rows that complete a segment (:meth:`_segment_write`) compiled
-          (:meth:`compiled_paths`); the choice of those rows stays eager.
-
-        Parameters are inputs of the compiled graphs, not constants: weight updates are seen.
-        """
-        if mode == "reduce-overhead":
-            return torch.compile(functools.partial(self.step, static=True), mode=mode)
-        compiled = self.compiled_paths(mode)
-
-        def step(x: Tensor, state: ELMURState | None = None, *, inplace: bool = False) -> tuple[Tensor, ELMURState]:
-            return self._checked_step(x, state, False, inplace, compiled)
-
-        return step
-
-    def compiled_paths(self, mode: str = "default") -> CompiledPaths:
-        """``torch.compile`` of :meth:`_token_path` and :meth:`_token_write` (fixed shapes per
-        batch size) and of :meth:`_segment_write` (its batch dynamic after a second row count: how
-        many rows complete a segment together varies), to pass as ``compiled`` to :meth:`_step` (what
-        :meth:`compiled_step` does for modes other than ``"reduce-overhead"``).
-
-        ``mode="default"`` with the weights on a CPU compiles with inductor's C++ wrapper
-        (``cpp_wrapper=True``): the generated code calls its kernels from C++ instead of Python
-        (T-Maze config, batch 1, this project's 2-core CPU: token path 0.27 instead of 0.35 ms);
-        the first compile takes longer (about 30 s instead of 5 per graph)."""
-        if mode == "default" and self.memory_init.device.type == "cpu":
-            compile_ = functools.partial(torch.compile, options={"cpp_wrapper": True})
-        else:
-            compile_ = functools.partial(torch.compile, mode=mode)
-        return CompiledPaths(compile_(self._token_path, dynamic=False), compile_(self._token_write, dynamic=False),
-                             compile_(self._segment_write))
 
     # ------------------------------------------------------------------ sequence path
     def forward(

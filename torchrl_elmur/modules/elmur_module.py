@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -16,7 +15,7 @@ from torchrl.modules import recurrent_mode as _global_recurrent_mode
 
 from ..core import ELMURBackbone, ELMURConfig, ELMURState
 from ..core.state import check_layout, check_tensor
-from .segment_cache import SegmentCache
+from .fast_steps import FastSteps
 from .trajectories import trajectory_layout
 
 DEFAULT_STATE_KEY = "recurrent_state"  # as GRUModule's
@@ -74,7 +73,7 @@ def _check_rnn_keywords(fields: dict) -> None:
                              f"counterpart{accepted}: {instead}. Remove it from the call.")
 
 
-class ELMURModule(TensorDictModuleBase):
+class ELMURModule(FastSteps, TensorDictModuleBase):
     """ELMUR (External Layer Memory with Update/Rewrite) as a TorchRL recurrent module.
 
     Reads a value (one token per environment step), writes the ELMUR output, and keeps the layer
@@ -213,7 +212,6 @@ class ELMURModule(TensorDictModuleBase):
     ) -> None:
         super().__init__()
         _check_rnn_keywords(config_fields)
-        self._compile_mode: str | None = None  # set by compile_step
         self._spec_cache = None  # see _spec
         self.config = self._make_config(
             config, dict(input_size=input_size, d_model=hidden_size, num_layers=num_layers, num_heads=num_heads,
@@ -225,9 +223,7 @@ class ELMURModule(TensorDictModuleBase):
         if device is not None:
             self.backbone.to(device)
         self._recurrent_mode = default_recurrent_mode
-        self._compiled_step = None
-        self._inplace_steps = False  # set by inplace_steps()
-        self._segment_cache = SegmentCache(self.backbone)  # the derived cache of "tokens" steps (never stored)
+        self._init_fast_steps()
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -345,50 +341,6 @@ class ELMURModule(TensorDictModuleBase):
             raise ValueError(f"ELMURModule: state_layout={layout!r} with a compiled step of mode 'reduce-overhead': that "
                              "step needs 'cache'; call compile_step(None) first, or compile another mode.")
         self._state_layout = layout
-
-    # ------------------------------------------------------------------ compiled step mode
-    def compile_step(self, mode: str | None = "auto") -> "ELMURModule":
-        """Run step mode through a ``torch.compile``-d backbone step (:meth:`ELMURBackbone.compiled_step`).
-
-        ``mode``: ``"auto"`` (the default) is ``"reduce-overhead"`` when the weights are on a GPU
-        (the whole sync-free step as one CUDA graph; it computes the segment write for every row
-        at every step, the price of having no data-dependent branch) and ``"default"`` otherwise
-        (the backbone's :meth:`~ELMURBackbone.compiled_paths`, with inductor's C++ wrapper: on a
-        CPU it cuts the per-step op overhead, ``benchmarks/step_cost.py``); any ``torch.compile``
-        mode; ``None`` switches back to eager. Used only without autograd (inference, collection); with autograd on, and in
-        recurrent mode, the eager paths run. Compilation happens on the first calls, once per
-        batch size (tens of seconds on a CPU). Modes other than ``"reduce-overhead"`` work with
-        either state layout: a ``"tokens"`` state steps its derived segment cache through the
-        compiled token path and segment write; ``"reduce-overhead"`` needs ``state_layout="cache"``.
-
-        Returns:
-            ``self``.
-        """
-        if mode == "auto":
-            mode = "reduce-overhead" if self.backbone.memory_init.is_cuda else "default"
-        if mode == "reduce-overhead" and self.state_layout != "cache":
-            raise ValueError("ELMURModule.compile_step: mode 'reduce-overhead' (the whole static step as one graph) needs "
-                             f"state_layout='cache', received {self.state_layout!r}: build the module with "
-                             "state_layout='cache' (or set it first), or compile mode 'default'.")
-        self._compile_mode = mode
-        self._compiled_step = self._compile(mode)
-        return self
-
-    def _compile(self, mode: str | None):
-        """The compiled callable of ``mode``: the whole static step for ``"reduce-overhead"`` (CUDA
-        graphs), else the backbone's :meth:`~ELMURBackbone.compiled_paths`, which its unchecked
-        step runs (the module has checked its inputs already); None for eager."""
-        if mode is None:
-            return None
-        return self.backbone.compiled_step(mode) if mode == "reduce-overhead" else self.backbone.compiled_paths(mode)
-
-    def __getstate__(self):  # a compiled function does not pickle (workers compile again), nor does the derived cache
-        return {**self.__dict__, "_compiled_step": None, "_segment_cache": None}
-
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)
-        self._compiled_step = self._compile(self._compile_mode)
-        self._segment_cache = SegmentCache(self.backbone)
 
     # ------------------------------------------------------------------ recurrent mode
     @property
@@ -508,35 +460,11 @@ class ELMURModule(TensorDictModuleBase):
         elif self.state_layout == "tokens":  # with autograd: the segment so far recomputed from its tokens, in the graph
             y, new = self.backbone(value.unsqueeze(1), state)
             y = y[:, 0]
-        else:
-            no_grad = not torch.is_grad_enabled()
-            compiled = self._compiled_step if no_grad else None  # compiled paths are for inference only
-            if compiled is not None and self._compile_mode == "reduce-overhead":  # the whole static step, one graph
-                y, new = compiled(value, state)
-            else:  # value and state fields were checked above: the backbone's unchecked step
-                y, new = self.backbone._step(value, state, inplace=self._inplace_steps and no_grad, compiled=compiled)
+        else:  # eager, compiled or in place: see fast_steps
+            y, new = self._cache_step(value, state)
         feats, _ = self._spec()
         return self._write(td, y.reshape(*shape, -1),
                            {name: t.reshape(*shape, *feats[name][0]) for name, t in new.fields().items()})
-
-    def _derived_step(self, value: Tensor, incoming: ELMURState, state: ELMURState) -> tuple[Tensor, ELMURState]:
-        """A step of a ``"tokens"`` state at the cost of a ``"cache"`` step: the segment's keys,
-        values and outputs come from the module's derived cache (:class:`SegmentCache`, rebuilt from
-        the tokens where it does not continue ``incoming``), and the next state stores the tokens."""
-        K = self.config.segment_len
-        p = state.step % K  # [N]: this token's slot in its segment
-        cache, weights = self._segment_cache.continue_state(incoming, state, p)
-        compiled = self._compiled_step if self._compile_mode not in (None, "reduce-overhead") else None
-        y, new = self.backbone._step(value, ELMURState(state.memory, state.memory_time, cache, state.step),
-                                     own_cache=True, compiled=compiled)
-        tokens = state.tokens
-        if K > 1:  # this token joins the segment's inputs, unless it completed the segment
-            tokens = tokens.clone()
-            tokens[torch.arange(tokens.shape[0], device=tokens.device), p.clamp(max=K - 2)] = value
-            tokens.masked_fill_((p == K - 1)[:, None, None], 0.0)
-        new = ELMURState(new.memory, new.memory_time, None, new.step, tokens=tokens)
-        self._segment_cache.remember(cache, new, weights)
-        return y, new
 
     def _forward_recurrent(self, td: TensorDictBase) -> TensorDictBase:
         if td.ndim == 0:
@@ -558,86 +486,3 @@ class ELMURModule(TensorDictModuleBase):
             at_ends = final_value.new_zeros(n * t, *feats[name][0]).index_copy(0, layout.ends, final_value)
             next_fields[name] = at_ends.reshape(*td.batch_size, *feats[name][0])
         return self._write(td, y.reshape(*td.batch_size, -1), next_fields)
-
-
-def compile_steps(module: torch.nn.Module, mode: str | None = "auto") -> torch.nn.Module:
-    """Every :class:`ELMURModule` inside ``module`` (a policy) steps through
-    :meth:`ELMURModule.compile_step` with ``mode``, in the cache layout (for inference and
-    evaluation, which store no state: it steps fastest, also in place under :func:`inplace_steps`,
-    and a GPU's whole-step graph needs it; to store a compact state, call ``compile_step()`` on
-    the modules instead). ``mode=None``: eager steps, in the cache layout. Returns ``module``.
-
-    Examples:
-        >>> policy = torch.nn.Sequential(ELMURModule(3, 8, num_heads=2, in_key="x", out_key="y"))
-        >>> m = compile_steps(policy)[0]
-        >>> m.state_layout, m._compile_mode
-        ('cache', 'default')
-    """
-    for m in module.modules():
-        if isinstance(m, ELMURModule):
-            m.state_layout = "cache"
-            m.compile_step(mode)
-    return module
-
-
-@contextmanager
-def inplace_steps(module: torch.nn.Module):
-    """Within the block, every :class:`ELMURModule` inside ``module`` that steps with
-    ``state_layout="cache"`` and autograd off updates the incoming state's tensors in place and
-    writes those same tensors as the next state (:meth:`ELMURBackbone.step` with ``inplace=True``),
-    instead of writing a new state every step: it saves a copy of the segment cache
-    (``[*B, H, K, L, 3, D/H]``, 3 MB at T-Maze size and batch 100) per step, and the allocation
-    that comes with it.
-
-    Only for loops that never read a state again after the step that consumed it (evaluation
-    loops that store nothing, as :func:`~torchrl_elmur.training.evaluate.first_episode_returns`):
-    a rollout, a collector or a replay buffer keeps every step's state, and those would all be
-    the same tensors. Outputs are the same as without it, to the bit.
-
-    Examples:
-        >>> m = ELMURModule(3, 8, num_heads=2, in_key="x", out_key="y", state_layout="cache")
-        >>> with inplace_steps(m):
-        ...     m._inplace_steps
-        True
-        >>> m._inplace_steps
-        False
-    """
-    with _set_within(module, "_inplace_steps", True):
-        yield module
-
-
-@contextmanager
-def set_state_layout(module: torch.nn.Module, layout: str):
-    """Within the block, every :class:`ELMURModule` inside ``module`` (a policy, a loss...) uses
-    ``state_layout=layout``; the previous layouts come back after it. Weights are shared, and the
-    outputs are the same to float rounding.
-
-    For evaluation loops that store nothing: ``"cache"`` steps do one token's work where
-    ``"tokens"`` steps recompute the segment so far. Build the env's primers inside the block
-    (the state specs follow the layout).
-
-    Examples:
-        >>> m = ELMURModule(3, 8, num_heads=2, in_key="x", out_key="y")
-        >>> with set_state_layout(m, "cache"):
-        ...     m.state_layout, sorted(m.state_spec()["recurrent_state"].keys())
-        ('cache', ['cache', 'memory', 'memory_time', 'step'])
-        >>> m.state_layout
-        'tokens'
-    """
-    with _set_within(module, "state_layout", layout):
-        yield module
-
-
-@contextmanager
-def _set_within(module: torch.nn.Module, name: str, value):
-    """Set attribute ``name`` of every :class:`ELMURModule` inside ``module`` to ``value`` for the
-    block; the previous values come back after it (also when setting one of them raises)."""
-    modules = [m for m in module.modules() if isinstance(m, ELMURModule)]
-    previous = [getattr(m, name) for m in modules]
-    try:
-        for m in modules:
-            setattr(m, name, value)
-        yield
-    finally:
-        for m, old in zip(modules, previous):
-            setattr(m, name, old)
