@@ -44,7 +44,6 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
-ROOT = Path(__file__).resolve().parents[1]
 from torchrl_elmur.training.benchmarking import backbone_steps, format_table, grouped_bars, machine, medians_ms, write_csv
 
 from torchrl_elmur import ELMURConfig, ELMURModule, compile_steps, window_recompute

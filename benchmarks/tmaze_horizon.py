@@ -35,7 +35,6 @@ from typing import Literal
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 from torchrl_elmur.training.benchmarking import RowLog, format_table, machine, write_csv
 
 from torchrl_elmur import compile_steps
@@ -134,7 +133,7 @@ def main() -> None:
                     success, seconds = evaluate_lengths(actor, [length], args.eval_episodes, seed=EVAL_SEED, name=kind,
                                                         device=args.device)
                     row.update(success=success[str(length)], eval_seconds=seconds[str(length)], status="ok")
-                log.add(row)
+                    log.add(row)  # finished rows only: a skipped length is evaluated by a later --no-skip run
             else:
                 print(f"  {kind:>10} corridor {length:>9,}: recorded earlier ({log.path.name})")
             if row["status"] == "ok":  # a skipped row keeps the count: every longer length is skipped too

@@ -108,8 +108,6 @@ def check_args(args: Args) -> str | None:
     if dropouts:  # the loss replays each batch with the collector's log-probabilities: random masks break that
         return (f"--options {args.options}: online PPO needs an ELMUR without dropout (the learner replays the "
                 f"collected rows and must reproduce their log-probabilities), received {dropouts}")
-    if args.checkpoint_every < 0:
-        return f"--checkpoint-every must be >= 0 (0: only after the last update), received {args.checkpoint_every}"
     if args.frames < envs(args) * args.rollout:
         return (f"--frames must be >= one collector batch (envs x --rollout = {envs(args) * args.rollout}), "
                 f"received {args.frames}")

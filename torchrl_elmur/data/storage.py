@@ -41,7 +41,9 @@ def cached_dataset(folder: str | Path | None, meta: dict, build: Callable[[], Te
         if {k: stored.get(k) for k in meta} == meta:
             return TensorDict.load_memmap(folder / "storage")  # the storage's files, memory-mapped
     data = build()
-    if folder.exists():
+    if folder.is_file():  # a cache of the old format (one torch.save file at this path)
+        folder.unlink()
+    elif folder.exists():
         shutil.rmtree(folder)
     storage = LazyMemmapStorage(len(data), scratch_dir=folder / "storage")
     storage.set(torch.arange(len(data)), data)

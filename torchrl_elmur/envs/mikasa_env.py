@@ -230,7 +230,8 @@ class ManiSkillEnv(EnvBase):
         task: a task id of :data:`MIKASA_TASKS`.
         obs_mode: ``"rgb"`` (``pixels`` + ``proprio``), ``"state"`` (``state``, cue included) or
             ``"visible_state"`` (``visible_state``: what the cameras show, see :func:`visible_state`;
-            nothing is rendered, about 40x faster than ``"rgb"`` on a CPU).
+            nothing is rendered: on this project's 2-core CPU about 150-190 steps/s against about 5 for
+            ``"rgb"`` at 64x64, the oracle acting; ``docs/howto/mikasa.md``).
         image_size: camera resolution (square; the paper's 128, 64 for a CPU budget; rgb only).
         control_mode: ManiSkill control mode; default the task's in :data:`MIKASA_TASKS`
             (``pd_ee_delta_pos``, 4-D, for RememberColor; ``pd_ee_delta_pose``, 7-D, for

@@ -157,7 +157,9 @@ def cue_effect(actor: TensorDictModuleBase, data: TensorDictBase, task: str, key
     swapped[key][:, :CUE_STEPS] = episodes[k:2 * k][key][:, :CUE_STEPS]
     was_training = actor.training
     actor.eval()
-    with set_recurrent_mode(True):
-        change = actor(swapped)["action"] - actor(own)["action"]
-    actor.train(was_training)
+    try:
+        with set_recurrent_mode(True):
+            change = actor(swapped)["action"] - actor(own)["action"]
+    finally:
+        actor.train(was_training)
     return {"cue_effect": change[:, reach].abs().mean().item(), "reach_action": reach_action}
