@@ -221,9 +221,12 @@ PPO_LONG = ["--frames", "100000", "--wandb", "disabled", "--eval-episodes", "0",
 
 
 def _workers(pid: int) -> list[int]:
-    """The collector's worker processes: children of ``pid`` other than multiprocessing's resource tracker."""
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if line.strip() and "resource_tracker" not in line]
+    """The collector's worker processes: children of ``pid`` started by multiprocessing's spawn (not its
+    resource tracker). ``-ww``: with COLUMNS set (as under CI) ps cuts the command line, and a cut line
+    once hid "resource_tracker", so the test killed the tracker instead of a worker."""
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if "spawn_main" in line and "resource_tracker" not in line]
 
 
 @pytest.mark.parametrize("fault", ["exception", "sigint", "worker-multisync",
@@ -259,7 +262,9 @@ def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
             while "fps=" not in "".join(chunks) and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.2)
             assert "fps=" in "".join(chunks), "".join(chunks)[-2000:]
-            os.kill(_workers(proc.pid)[0], signal.SIGKILL)
+            workers = _workers(proc.pid)
+            assert len(workers) == 2, f"expected the collector's 2 worker processes, found {workers}"
+            os.kill(workers[0], signal.SIGKILL)
             start = time.monotonic()
             try:  # a watchdog raises within ~1 s (MultiSync) or the store's 10 s time-out (distributed)
                 proc.wait(timeout=90)
