@@ -113,7 +113,16 @@ def swap_in_new_weights(m, td):
     TensorDict.from_module(m).apply(lambda t: t * 0.5).to_module(m)
 
 
-@pytest.mark.parametrize("change", [scale_through_data, nudge_one_token_path_weight, swap_in_new_weights])
+def nudge_the_read_keys(m, td):  # the memory read's key and value projection: kept per segment as a step constant
+    m.backbone.layers[0].read.kv.weight.data[2, 1] += 1e-3
+
+
+def nudge_the_relative_keys(m, td):  # the position projection: its keys are kept while the weights stay
+    m.backbone.layers[1].self_attn.r_proj.weight.data[0, 4] += 1e-3
+
+
+@pytest.mark.parametrize("change", [scale_through_data, nudge_one_token_path_weight, swap_in_new_weights,
+                                    nudge_the_read_keys, nudge_the_relative_keys])
 def test_weight_updates_take_effect_on_the_next_step(change):
     """Weights written where no version counter sees it (``.data``, as TorchRL's weight updaters and
     another process's shared-memory writes) or swapped in: the next step uses them for the whole
@@ -144,10 +153,17 @@ def edit_in_place(m, td):
     td["recurrent_state", "tokens"][1, 0] += 0.5
 
 
-@pytest.mark.parametrize("edit, rebuilt", [(edit_a_copy, 1), (edit_in_place, 3)])
+def edit_the_memory_of_a_copy(m, td):  # the read's keys and values of that row change too
+    td = td.clone()
+    td["recurrent_state", "memory"][1] += 0.5
+    return td
+
+
+@pytest.mark.parametrize("edit, rebuilt", [(edit_a_copy, 1), (edit_in_place, 3), (edit_the_memory_of_a_copy, 1)])
 def test_an_edited_state_row_is_rebuilt(edit, rebuilt):
-    """An edited copy of the state: only the edited row is rebuilt. The state the module wrote,
-    edited in place (its version counter moves): every row with earlier tokens is."""
+    """An edited copy of the state: only the edited row is rebuilt (its cache and its memory's
+    read keys and values). The state the module wrote, edited in place (its version counter
+    moves): every row with earlier tokens is."""
     m, got, expected = continue_after(edit, T=6)
     assert m._segment_cache.rebuilt_rows == rebuilt
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

@@ -120,7 +120,8 @@ class RelativeSelfAttention(nn.Module):
         return self.out(merge_heads(y))  # [B, H, n, d] -> [B, n, D]
 
     def attend_one(self, q: Tensor, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, distance: Tensor,
-                   unseen: Tensor, u: Tensor, v_bias: Tensor, position_mask: Tensor | None = None) -> Tensor:
+                   unseen: Tensor, u: Tensor, v_bias: Tensor, position_mask: Tensor | None = None,
+                   r: Tensor | None = None) -> Tensor:
         """:meth:`attend` for one new token per row (the streaming step): the same scores, over the
         segment's earlier tokens (read from the cache where they are, not copied into it first)
         and the token itself, as elementwise products instead of batched matmuls (one query per
@@ -136,13 +137,16 @@ class RelativeSelfAttention(nn.Module):
             unseen: bool ``[B, 1, K]``: True for the slots from ``p`` on (no earlier token of this
                 segment there); computed once per step for all layers.
             u, v_bias, position_mask: as in :meth:`attend`.
+            r: :meth:`relative_keys` ``[H, K, d]`` if the caller has it (it changes only with the
+                weights, see :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants`); else computed here.
 
         Returns:
             ``[B, D]`` (after the output projection).
         """
         b, h, K = q.shape[0], self.num_heads, cache_k.shape[2]
         qh, kh, vh = q.view(b, h, -1), k.view(b, h, -1), v.view(b, h, -1)  # [B, H, d]
-        r = self.relative_keys(q.dtype, position_mask)[0]  # [H, K, d], by distance
+        if r is None:
+            r = self.relative_keys(q.dtype, position_mask)[0]  # [H, K, d], by distance
         pos = torch.einsum("bhd,hkd->bhk", qh + v_bias, r)  # [B, H, K] position score by distance
         qu = (qh + u).unsqueeze(2)  # [B, H, 1, d]
         earlier_scores = (qu * cache_k).sum(-1) + torch.gather(pos, -1, distance.unsqueeze(1).expand(b, h, K))
@@ -205,11 +209,13 @@ class TimeGapCrossAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model, bias=out_bias)
         self.attn_dropout = attn_dropout
 
-    def forward(self, queries: Tensor, keys: Tensor, gap: Tensor, gap_table: Tensor) -> Tensor:
+    def forward(self, queries: Tensor, keys: Tensor, gap: Tensor, gap_table: Tensor, kv: Tensor | None = None) -> Tensor:
         """Args:
             queries: ``[B, n, D]``; keys: ``[B, S, D]`` (keys and values come from the same vectors).
             gap: int64 time gaps ``[B, n, S]``, clipped here to the table.
             gap_table: ``[2G-1, H]`` learned bias.
+            kv: ``self.kv(keys)`` ``[B, S, 2D]`` if the caller has it (one query per row only: the
+                streaming step's read, whose keys, the memory, are frozen inside a segment).
 
         Returns:
             ``[B, n, D]``.
@@ -218,7 +224,7 @@ class TimeGapCrossAttention(nn.Module):
         max_gap = (gap_table.shape[0] - 1) // 2
         bias = gap_table[gap.clamp(-max_gap, max_gap) + max_gap]  # [B, n, S, H]
         if queries.shape[1] == 1:  # one query per row (the streaming step): see _attend_one
-            return self.out(self._attend_one(queries, keys, bias))
+            return self.out(self._attend_one(queries, self.kv(keys) if kv is None else kv, bias))
         qh = split_heads(self.q(queries), h)  # [B, H, n, d]
         kh, vh = (split_heads(t, h) for t in self.kv(keys).chunk(2, dim=-1))  # [B, H, S, d]
         y = F.scaled_dot_product_attention(
@@ -227,15 +233,15 @@ class TimeGapCrossAttention(nn.Module):
         )
         return self.out(merge_heads(y))
 
-    def _attend_one(self, queries: Tensor, keys: Tensor, bias: Tensor) -> Tensor:
-        """:meth:`forward`'s attention for one query per row (``queries [B, 1, D]``, ``bias
-        [B, 1, S, H]``), before the output projection: the same softmax as elementwise products
+    def _attend_one(self, queries: Tensor, kv: Tensor, bias: Tensor) -> Tensor:
+        """:meth:`forward`'s attention for one query per row (``queries [B, 1, D]``, the keys'
+        projection ``kv [B, S, 2D]``, ``bias [B, 1, S, H]``), before the output projection: the same softmax as elementwise products
         and sums, which a compiled step fuses into one kernel instead of calling the attention
         kernel (T-Maze config, batch 1 and 100, this project's 2-core CPU: the compiled token
         step about 9% faster). Returns ``[B, 1, D]``."""
         b, h = queries.shape[0], self.num_heads
         qh = self.q(queries).view(b, 1, h, -1)  # [B, 1, H, d]
-        kh, vh = (t.unflatten(-1, (h, -1)) for t in self.kv(keys).chunk(2, dim=-1))  # [B, S, H, d]
+        kh, vh = (t.unflatten(-1, (h, -1)) for t in kv.chunk(2, dim=-1))  # [B, S, H, d]
         scores = (qh * kh).sum(-1) / math.sqrt(qh.shape[-1]) + bias[:, 0]  # [B, S, H]
         probs = torch.softmax(scores, 1)
         if self.training:

@@ -22,6 +22,8 @@ p = position in the current segment (``step % K``).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +35,13 @@ from .layer import ELMURLayer, make_norm
 from .lru import lru_commit
 from .state import CACHE_KEY, CACHE_OUTPUT, CACHE_VALUE, ELMURState, layer_cache, pack_cache
 from .stepping import Stepping
+
+
+class StepConstants(NamedTuple):
+    """What :meth:`ELMURBackbone.step_constants` returns."""
+
+    rel: Tensor  # [L, H, K, d]: each layer's relative keys (change with the weights)
+    read_kv: Tensor  # [B, L, M, 2D]: each layer's read keys and values of its memory (change at a commit)
 
 
 class ELMURBackbone(Stepping, nn.Module):
@@ -215,11 +224,41 @@ class ELMURBackbone(Stepping, nn.Module):
         """
         return self._checked_step(x, state, static, inplace)
 
+    def step_constants(self, memory: Tensor, memory_time: Tensor) -> StepConstants:
+        """What a streaming step reads that does not change from step to step: the layers'
+        relative keys (they change only with the weights) and the keys and values that each
+        layer's memory read projects from its slots (they change only when a segment is
+        committed). Pass them to :meth:`_token_path` to skip those projections at every step;
+        computed inside the step when not given (and in training, where the position embedding
+        has dropout).
+
+        Args:
+            memory: ``[B, L, M, D]``; memory_time: int64 ``[B, L, M]``.
+
+        Examples:
+            >>> net = ELMURBackbone(ELMURConfig(d_model=8, num_heads=2, segment_len=4, memory_slots=3)).eval()
+            >>> s = net.initial_state(5)
+            >>> rel, read_kv = net.step_constants(s.memory, s.memory_time)
+            >>> list(rel.shape), list(read_kv.shape)             # [L, H, K, d], [B, L, M, 2D]
+            ([2, 2, 4, 4], [5, 2, 3, 16])
+        """
+        return StepConstants(self.relative_keys(), self.read_keys_values(memory, memory_time))
+
+    def relative_keys(self) -> Tensor:
+        """Every layer's :meth:`~.attention.RelativeSelfAttention.relative_keys` ``[L, H, K, d]`` (no dropout)."""
+        return torch.stack([layer.self_attn.relative_keys(self.dtype)[0] for layer in self.layers])
+
+    def read_keys_values(self, memory: Tensor, memory_time: Tensor) -> Tensor:
+        """Every layer's memory-read keys and values of the slots as reads see them, ``[B, L, M, 2D]``."""
+        seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
+        return torch.stack([layer.read.kv(seen[:, i]) for i, layer in enumerate(self.layers)], 1)
+
     def _token_path(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
-                    p: Tensor) -> tuple[Tensor, Tensor]:
+                    p: Tensor, constants: StepConstants | None = None) -> tuple[Tensor, Tensor]:
         """The part of a step that every row does at every step, with no data-dependent shape or
         branch (what :meth:`~torchrl_elmur.core.stepping.Stepping.compiled_step` compiles): all layers' token outputs for ``x [B, F]``
-        at slots ``p = step % K`` (computed once by :meth:`_step`).
+        at slots ``p = step % K`` (computed once by :meth:`_step`). ``constants``: :meth:`step_constants`
+        of ``memory``, if the caller keeps them (eval mode only); else computed inside the step.
 
         Returns:
             ``(y [B, D], entry [B, H, L, 3, d])``: the output (after the final norm) and this
@@ -232,13 +271,17 @@ class ELMURBackbone(Stepping, nn.Module):
         slots = torch.arange(K, device=x.device)
         distance = (p[:, None] - slots).clamp_(min=0)  # [B, K]: from each cache slot to this token (slots >= p unused)
         unseen = (slots >= p[:, None]).unsqueeze(1)  # [B, 1, K]: slots not holding this segment's earlier tokens
-        seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
+        rel, read_kv = constants or (None, None)
+        if position_mask is not None:  # training with position dropout: the relative keys are drawn per segment
+            rel = None
+        seen = self.memory_view(memory, memory_time) if read_kv is None else None  # [B, L, M, D]
         gap = (step + 1)[:, None, None] - memory_time  # [B, L, M]: this token's stamp - each slot's, for the reads
         entries = []  # per layer: this token's key, value, output [B, D]
         for i, layer in enumerate(self.layers):
             qkv = layer.project(h)  # ([B, D],) * 3
             h = layer.token_step(h, qkv, layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE),
-                                 distance, unseen, self.u, self.v, seen[:, i], gap[:, i], position_mask)
+                                 distance, unseen, self.u, self.v, None if seen is None else seen[:, i], gap[:, i], position_mask,
+                                 None if rel is None else rel[i], None if read_kv is None else read_kv[:, i])
             entries += [qkv[1], qkv[2], h]
         entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
         return self.final_norm(h), entry

@@ -144,6 +144,7 @@ class ELMURLayer(nn.Module):
     def token_step(
         self, h: Tensor, qkv: tuple[Tensor, Tensor, Tensor], cache_k: Tensor, cache_v: Tensor, distance: Tensor,
         unseen: Tensor, u: Tensor, v_bias: Tensor, memory: Tensor, gap: Tensor, position_mask: Tensor | None = None,
+        r: Tensor | None = None, read_kv: Tensor | None = None,
     ) -> Tensor:
         """:meth:`token_output` of one token per row (the streaming step), attending over the
         cached earlier tokens of its segment (:meth:`RelativeSelfAttention.attend_one`).
@@ -153,17 +154,20 @@ class ELMURLayer(nn.Module):
             cache_k, cache_v: the segment's cached keys and values ``[B, H, K, d]``.
             distance, unseen: see :meth:`RelativeSelfAttention.attend_one`.
             memory: ``[B, M, D]``; gap: int64 ``[B, M]`` = token stamp - slot stamp.
+            r, read_kv: what the step can take from :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants`
+                (the relative keys ``[H, K, d]``, the read's ``kv(memory)`` ``[B, M, 2D]``); else computed here.
 
         Returns:
             ``[B, D]``.
         """
-        attended = self.self_attn.attend_one(*qkv, cache_k, cache_v, distance, unseen, u, v_bias, position_mask)
+        attended = self.self_attn.attend_one(*qkv, cache_k, cache_v, distance, unseen, u, v_bias, position_mask, r)
         h1 = self.res_self.out(h, attended)
-        return self.read_and_feed_forward(h1.unsqueeze(1), memory, gap.unsqueeze(1)).squeeze(1)
+        return self.read_and_feed_forward(h1.unsqueeze(1), memory, gap.unsqueeze(1), read_kv).squeeze(1)
 
-    def read_and_feed_forward(self, h1: Tensor, memory: Tensor, gap: Tensor) -> Tensor:
-        """The token path after self-attention: memory read (``gap`` int64 ``[B, n, M]``) and FFN, ``[B, n, D]``."""
-        h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias))
+    def read_and_feed_forward(self, h1: Tensor, memory: Tensor, gap: Tensor, read_kv: Tensor | None = None) -> Tensor:
+        """The token path after self-attention: memory read (``gap`` int64 ``[B, n, M]``; ``read_kv``: see
+        :meth:`token_step`) and FFN, ``[B, n, D]``."""
+        h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias, read_kv))
         return self.res_ff.out(h2, self.ffn(self.res_ff.inp(h2)))
 
     def write_candidates(self, memory: Tensor, slot_stamp: Tensor, outputs: Tensor, tok_stamp: Tensor) -> Tensor:

@@ -65,11 +65,12 @@ class Stepping:
         return self._step(x, self._prepare(x, state, "step"), static, inplace, compiled)
 
     def _token_write(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
-                     inplace: bool = False, token_path=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                     inplace: bool = False, token_path=None, constants=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """:meth:`_token_path` (or ``token_path``, e.g. its compiled form) and the write of its
         entry at slot ``p = step % K`` of the next cache: a new one, or ``cache`` itself with
         ``inplace``. The part of a step that every row does at every step; compiled as one graph
         for steps that are not in place (a compiled in-place write could copy the cache back).
+        ``constants``: :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` for the eager token path.
 
         Returns:
             ``(y [B, D], next cache, p [B], done [B])``: ``done``: whether this token completes its
@@ -77,7 +78,10 @@ class Stepping:
         """
         K = self.config.segment_len
         p = step % K  # [B]: this token's slot in the segment
-        y, entry = (token_path or self._token_path)(x, memory, memory_time, cache, step, p)
+        if constants is None:
+            y, entry = (token_path or self._token_path)(x, memory, memory_time, cache, step, p)
+        else:
+            y, entry = self._token_path(x, memory, memory_time, cache, step, p, constants)
         if not inplace:
             cache = cache.clone()
         cache[torch.arange(x.shape[0], device=x.device), :, p] = entry
@@ -98,18 +102,25 @@ class Stepping:
         return self.commit_segment(memory, memory_time, outs, seg_stamp)
 
     def _step(self, x: Tensor, state: ELMURState, static: bool = False, inplace: bool = False,
-              compiled: CompiledPaths | None = None, own_cache: bool = False) -> tuple[Tensor, ELMURState]:
+              compiled: CompiledPaths | None = None, own_cache: bool = False,
+              constants=None) -> tuple[Tensor, ELMURState]:
         """:meth:`step` without its input checks: ``x [B, token_size]`` and a validated state of
         layout ``"cache"`` (for callers that checked both, e.g. :class:`~torchrl_elmur.ELMURModule`).
         ``compiled``: the compiled token path, token write and segment write
         (:meth:`compiled_paths`), else the eager ones. ``own_cache``: the caller owns
         ``state.cache`` (a derived cache, see :class:`~torchrl_elmur.ELMURModule`): it is written in
-        place and returned, while memory, stamps and step are new tensors, as without ``inplace``."""
+        place and returned, while memory, stamps and step are new tensors, as without ``inplace``.
+        ``constants``: :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` of ``state`` kept by the
+        caller (eager steps only: ``compiled`` must be None)."""
+        if constants is not None and compiled is not None:
+            raise ValueError("ELMURBackbone._step: constants are for the eager token path; received compiled paths too.")
         self._start_call(1)
         token_path, token_write, segment_write = compiled or (self._token_path, self._token_write, self._segment_write)
         memory, memory_time, cache, step = state.memory, state.memory_time, state.cache, state.step
         if inplace or own_cache:  # the (compiled) token path, its entry written eagerly into the input's cache
-            y, cache, p, done = self._token_write(x, memory, memory_time, cache, step, True, token_path)
+            y, cache, p, done = self._token_write(x, memory, memory_time, cache, step, True, token_path, constants)
+        elif constants is not None:
+            y, cache, p, done = self._token_write(x, memory, memory_time, cache, step, constants=constants)
         else:
             y, cache, p, done = token_write(x, memory, memory_time, cache, step)
         if static:  # write every row, keep it where done

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import ELMURBackbone, ELMURState
+from ..core.backbone import StepConstants
 
 
 def token_path_slots(backbone: ELMURBackbone) -> list[tuple[dict, str]]:
@@ -98,6 +99,8 @@ class _Entry:
     state: ELMURState  # the tokens-layout state it continues: the module's last written next state
     weights: Tensor  # token_path_fingerprint when it was last used
     versions: tuple[int, ...] | None  # the state fields' version counters (None: inference tensors, kept as copies)
+    constants: StepConstants  # the backbone's step_constants: for these weights, and for the memory of the
+    # rows of `state` not at a segment's start (rows at p = 0 may have just committed: recomputed)
 
     def state_unchanged(self) -> bool:
         """No in-place write into the written state since (it is in the caller's tensordict)."""
@@ -111,8 +114,11 @@ class SegmentCache:
         backbone: the module's backbone.
 
     :meth:`continue_state` returns a cache ``[N, H, K, L, 3, d]`` valid for an incoming state
-    (before ``is_init`` resets; rows at ``p = 0``, reset rows among them, need no earlier token);
-    :meth:`remember` keeps it with the next state after the step wrote into it.
+    (before ``is_init`` resets; rows at ``p = 0``, reset rows among them, need no earlier token)
+    and the backbone's :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` for it (the relative
+    keys, kept while the weights stay; the memory read's keys and values, kept per row inside a
+    segment and recomputed for rows at ``p = 0`` or not continued); :meth:`remember` keeps them
+    with the next state after the step wrote into the cache.
     """
 
     def __init__(self, backbone: ELMURBackbone) -> None:
@@ -122,18 +128,21 @@ class SegmentCache:
         self._entry: _Entry | None = None
         self.rebuilt_rows = 0  # rows rebuilt from their tokens so far (tests read it)
 
-    def continue_state(self, incoming: ELMURState, state: ELMURState, p: Tensor) -> tuple[Tensor, Tensor]:
-        """The cache for ``state`` (the incoming state after ``is_init`` resets; ``p = step % K``
-        of its rows) and the weights' fingerprint; ``incoming``: the state as read from the
-        tensordict (before the resets)."""
+    def continue_state(self, incoming: ELMURState, state: ELMURState,
+                       p: Tensor) -> tuple[Tensor, StepConstants, Tensor]:
+        """The cache and the step constants for ``state`` (the incoming state after ``is_init``
+        resets; ``p = step % K`` of its rows) and the weights' fingerprint; ``incoming``: the state
+        as read from the tensordict (before the resets)."""
         backbone, entry = self.backbone, self._entry
         self._entry = None  # the step writes into the cache: until remember(), it continues no state
         weights = token_path_fingerprint([where[name] for where, name in self._slots])
         n, like = state.memory.shape[0], state.memory
         shape = (n, *self._row_shape)
-        if (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
-                or entry.cache.device != like.device or entry.weights.device != weights.device):
+        fresh = (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
+                 or entry.cache.device != like.device or entry.weights.device != weights.device)
+        if fresh:
             cache, reuse = like.new_zeros(shape), torch.zeros(n, dtype=torch.bool, device=like.device)
+            same_weights = torch.zeros((), dtype=torch.bool, device=like.device)
         else:
             cache = entry.cache
             if not entry.state_unchanged():  # rows of the written state edited in place: which ones is unknown
@@ -143,19 +152,32 @@ class SegmentCache:
                 reuse = torch.ones(n, dtype=torch.bool, device=like.device)
             else:
                 reuse = rows_equal(incoming, entry.state)
-            reuse = reuse & (weights == entry.weights).all()
+            same_weights = (weights == entry.weights).all()
+            reuse = reuse & same_weights
         stale = (p > 0) & ~reuse  # rows whose earlier tokens are missing from the cache
-        if bool(stale.any()):  # the step's one host sync
+        unread = (p == 0) | ~reuse  # rows whose memory's read keys and values are not kept
+        # the step's one host sync
+        any_stale, any_unread, all_unread, weights_kept = torch.stack(
+            [stale.any(), unread.any(), unread.all(), same_weights]).tolist()
+        if any_stale:
             rows = stale.nonzero().squeeze(-1)
             cache[rows] = backbone.cache_from_tokens(state.map(lambda t: t[rows]))
             self.rebuilt_rows += rows.numel()
-        return cache, weights
+        rel = entry.constants.rel if weights_kept else backbone.relative_keys()
+        if all_unread:
+            read_kv = backbone.read_keys_values(state.memory, state.memory_time)
+        else:
+            read_kv = entry.constants.read_kv  # not fresh: some row was kept
+            if any_unread:
+                rows = unread.nonzero().squeeze(-1)
+                read_kv[rows] = backbone.read_keys_values(state.memory[rows], state.memory_time[rows])
+        return cache, StepConstants(rel, read_kv), weights
 
-    def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor) -> None:
-        """Keep ``cache`` (already stepped) as the one that continues ``next_state`` (the fields as
-        written into the tensordict)."""
+    def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor, constants: StepConstants) -> None:
+        """Keep ``cache`` (already stepped) and the step's ``constants`` as those that continue
+        ``next_state`` (the fields as written into the tensordict)."""
         fields = next_state.fields().values()
         if any(t.is_inference() for t in fields):  # no version counters: keep a copy to compare with
-            self._entry = _Entry(cache, next_state.map(torch.clone), weights, None)
+            self._entry = _Entry(cache, next_state.map(torch.clone), weights, None, constants)
         else:
-            self._entry = _Entry(cache, next_state, weights, tuple(t._version for t in fields))
+            self._entry = _Entry(cache, next_state, weights, tuple(t._version for t in fields), constants)
