@@ -140,25 +140,33 @@ class SegmentCache:
         shape = (n, *self._row_shape)
         fresh = (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
                  or entry.cache.device != like.device or entry.weights.device != weights.device)
+        # which rows the kept cache continues: none (None), all (True: the usual rollout loop, no
+        # tensor work) or some (a bool [N] tensor). Host syncs: the weights' comparison and one
+        # any/all below.
+        weights_kept = not fresh and torch.equal(weights, entry.weights)
         if fresh:
-            cache, reuse = like.new_zeros(shape), torch.zeros(n, dtype=torch.bool, device=like.device)
-            same_weights = torch.zeros((), dtype=torch.bool, device=like.device)
+            cache, reuse = like.new_zeros(shape), None
         else:
             cache = entry.cache
-            if not entry.state_unchanged():  # rows of the written state edited in place: which ones is unknown
-                reuse = torch.zeros(n, dtype=torch.bool, device=like.device)
+            if not weights_kept or not entry.state_unchanged():  # new weights, or the written state edited in place
+                reuse = None
             elif entry.versions is not None and all(
                     _same_tensor(a, b) for a, b in zip(incoming.fields().values(), entry.state.fields().values())):
-                reuse = torch.ones(n, dtype=torch.bool, device=like.device)
+                reuse = True
             else:
                 reuse = rows_equal(incoming, entry.state)
-            same_weights = (weights == entry.weights).all()
-            reuse = reuse & same_weights
-        stale = (p > 0) & ~reuse  # rows whose earlier tokens are missing from the cache
-        unread = (p == 0) | ~reuse  # rows whose memory's read keys and values are not kept
-        # the step's one host sync
-        any_stale, any_unread, all_unread, weights_kept = torch.stack(
-            [stale.any(), unread.any(), unread.all(), same_weights]).tolist()
+        start = p == 0
+        if reuse is None:  # every row at p > 0 rebuilt, every row's read keys and values recomputed
+            stale, unread = ~start, None
+            any_stale, any_unread, all_unread = bool(stale.any()), True, True
+        elif reuse is True:  # only rows at a segment's start (maybe just committed) need their read recomputed
+            stale, unread = None, start
+            count = int(start.sum())
+            any_stale, any_unread, all_unread = False, count > 0, count == n
+        else:
+            stale = ~start & ~reuse  # rows whose earlier tokens are missing from the cache
+            unread = start | ~reuse  # rows whose memory's read keys and values are not kept
+            any_stale, any_unread, all_unread = torch.stack([stale.any(), unread.any(), unread.all()]).tolist()
         if any_stale:
             rows = stale.nonzero().squeeze(-1)
             cache[rows] = backbone.cache_from_tokens(state.map(lambda t: t[rows]))
