@@ -262,7 +262,7 @@ def main() -> None:
     out = write_report("mikasa_robo", header, summary, cols, args.out, csv_rows=rows)
     table = {r["task"]: {c: r[c] for c in ("oracle", *args.policies) if c in r} for r in summary}
     grouped_bars(table, ["oracle", *args.policies], out / "mikasa_robo.png", ylim=(0, 1.05),
-                 ylabel="success rate (success_once)", marks={r["task"]: r["chance"] for r in summary},
+                 ylabel="success rate (success_once)", marks={r["task"]: r["chance"] for r in summary if r["chance"] is not None},
                  errors={r["task"]: {p: r.get(f"{p}_std", 0.0) for p in args.policies} for r in summary},
                  title=f"MIKASA-Robo, behaviour cloning from {'the visible state' if args.obs == 'visible_state' else 'pixels'}"
                        f" (mean ± std over {len(args.seeds)} seeds; dotted: one guess among the colours)")

@@ -119,15 +119,16 @@ def step_weights(task: str, decision_weight: float, window: int | None = None) -
     return w
 
 
-def chance(task: str) -> float:
-    """Success of a policy that picks one cube uniformly (RememberColor); TakeItBack has no such guess.
+def chance(task: str) -> float | None:
+    """Success of a policy that picks one cube uniformly (RememberColor); ``None`` for TakeItBack,
+    which has no such guess (tables print ``-`` and plots draw no line for it).
 
     Examples:
         >>> chance("RememberColor5-v0"), chance("TakeItBack-v0")
-        (0.2, 0.0)
+        (0.2, None)
     """
     colours = num_colours(task)
-    return 1.0 / colours if colours else 0.0
+    return 1.0 / colours if colours else None
 
 
 @torch.no_grad()
