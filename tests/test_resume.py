@@ -99,6 +99,41 @@ def test_a_corrupt_training_state_is_refused_and_the_loop_checks_its_arguments(t
     assert history.train_seconds == state["extra"]["history"]["train_seconds"] and time.perf_counter() - start < 5
 
 
+def test_a_resume_with_other_settings_is_refused_before_anything_is_loaded(tmp_path):
+    """Another learning rate (the optimizer's saved state would silently override it), batch, seed or
+    caller's config: an error that names each difference, and the modules keep their weights."""
+    from torchrl_elmur.data import make_tmaze_dataset
+    from torchrl_elmur.objectives import SequenceCrossEntropyLoss
+    from torchrl_elmur.training.bc import fit_bc
+    from torchrl_elmur.training.policies import make_bc_actor
+
+    data = make_tmaze_dataset(8, max_corridor=4)
+
+    def fit(lr=1e-3, batch=2, seed=0, config=None):
+        torch.manual_seed(1)
+        actor = make_bc_actor("gru", 4, num_actions=4, width=8)
+        fit_bc(actor, SequenceCrossEntropyLoss(actor), data, steps=2, batch=batch, seq_len=6, lr=lr, seed=seed,
+               progress=False, checkpoint=tmp_path / "s.pt", resume=True, config=config)
+        return actor
+
+    fit(config={"--episodes": 8})
+    for change, message in [(dict(lr=3e-4), r"optimizer 'optimizer' group 0 lr: 0.001 there, 0.0003 here"),
+                            (dict(batch=4), r"batch: 2 there, 4 here"),
+                            (dict(seed=5), r"seed: 0 there, 5 here"),
+                            (dict(config={"--episodes": 16}), r"--episodes: 8 there, 16 here"),
+                            (dict(config={}), r"--episodes: 8 there, \(none\) here")]:
+        with pytest.raises(ValueError, match=r"s.pt is a run with other settings; .*" + message):
+            fit(**{"config": {"--episodes": 8}, **change})
+    torch.manual_seed(1)
+    fresh = make_bc_actor("gru", 4, num_actions=4, width=8)
+    actor = make_bc_actor("gru", 4, num_actions=4, width=8)
+    actor.load_state_dict(fresh.state_dict())
+    with pytest.raises(ValueError, match="other settings"):
+        fit_bc(actor, SequenceCrossEntropyLoss(actor), data, steps=2, batch=2, seq_len=6, lr=3e-4, seed=0,
+               progress=False, checkpoint=tmp_path / "s.pt", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(actor.parameters(), fresh.parameters()))  # nothing was loaded
+
+
 def test_the_horizon_benchmark_rerun_after_a_kill_loses_at_most_the_row_in_progress(tmp_path):
     """tmaze_horizon records each finished row at once: killed after its first row, a rerun evaluates
     only the rows that are missing, and the table equals an uninterrupted run's."""
@@ -228,3 +263,25 @@ def test_the_online_ppo_tutorial_killed_and_resumed(tmp_path):
 
     before, after = rows(tmp_path / "short" / "curves.csv"), rows(out / "curves.csv")
     assert len(after) == 4 and after[-1]["frames"] == "4096" and after[:updates] == before
+    # resuming with another learning rate (a flag outside RESUME_FREE) is refused, naming the flag
+    other = subprocess.run(command + ["--out", str(out), "--resume", "--lr", "0.01"], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+    assert other.returncode != 0 and "is a run with other settings" in other.stderr, other.stderr[-2000:]
+    assert "--lr: 0.001 there, 0.01 here" in other.stderr, other.stderr[-2000:]
+
+
+def test_a_script_extending_the_tmaze_recipe_resumes_with_its_own_flags_free():
+    """offline_bc's Args extend TMazeBC with --out, --resume, evaluation: a resumed run differs from the
+    first in --resume itself, which must not be part of what is compared."""
+    from dataclasses import dataclass
+
+    from torchrl_elmur.training.tmaze_bc import TMazeBC, resume_config
+
+    @dataclass
+    class Script(TMazeBC):
+        resume: bool = False
+        out: str = "x"
+
+    first, again = resume_config(Script()), resume_config(Script(resume=True, out="y"))
+    assert first == again and "--resume" not in first and first["--episodes"] == 2000
+    assert resume_config(Script(episodes=10))["--episodes"] == 10

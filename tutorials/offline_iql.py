@@ -50,7 +50,7 @@ from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
 from torchrl_elmur.training import (episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate)
-from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error, value_error
+from torchrl_elmur.training.cli import flag_values, init_distributed_cli, parse_dataclass, range_error, value_error
 from torchrl_elmur.training.distributed import DistributedContext, rows_per_rank, shard_rows, shutdown, wrap_ddp
 from torchrl_elmur.training.checkpoint import checkpoint_due, load_training_state, save_policy, save_training_state
 from torchrl_elmur.training.policies import make_bc_actor, make_network
@@ -217,6 +217,15 @@ def make_iql_loss(actor: ProbabilisticActor, kind: str, args: Args) -> DiscreteI
     return loss
 
 
+# the arguments a training state must share with the run that resumes it (the others: which runs, evaluation, output)
+RESUME_FREE = ("method", "policy", "compare", "eval_lengths", "eval_episodes", "checkpoint_every", "resume", "out",
+               "wandb", "threads")
+
+
+def resume_config(args: Args) -> dict:
+    return flag_values(args, leave_out=RESUME_FREE)
+
+
 def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, run, name: str, ctx: DistributedContext,
           checkpoint: Path | None = None):
     # Under torchrun every rank samples the same global batch (same seed) and trains on its shard of
@@ -240,7 +249,7 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
     parts = {"actor": actor, "loss": loss_module, "optimizer": optimizer, "sampler": buffer.sampler}
     first, seconds = 0, 0.0
     if args.resume and checkpoint is not None and checkpoint.exists():
-        first, saved = load_training_state(checkpoint, steps=args.steps, parts=parts)
+        first, saved = load_training_state(checkpoint, steps=args.steps, parts=parts, config=resume_config(args))
         seconds = saved["train_seconds"]
         if ctx.is_main:
             print(f"train {name}: resumed from {checkpoint} at step {first} of {args.steps}", flush=True)
@@ -269,7 +278,7 @@ def train(actor: ProbabilisticActor, method: str, kind: str, data, args: Args, r
             run.log({**{f"{name}/{k}": v for k, v in logs.items()}, f"{name}/grad_norm": grad_norms[0].item(),
                      f"{name}/step": step})
         if checkpoint is not None and ctx.is_main and checkpoint_due(step + 1, args.steps, args.checkpoint_every):
-            save_training_state(checkpoint, step=step + 1, steps=args.steps, parts=parts,
+            save_training_state(checkpoint, step=step + 1, steps=args.steps, parts=parts, config=resume_config(args),
                                 extra={"train_seconds": seconds + time.perf_counter() - start})
     return seconds + time.perf_counter() - start, loss_module
 

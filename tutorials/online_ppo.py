@@ -50,9 +50,8 @@ from torchrl_elmur.data.row_states import RowStartStates, recurrent_state_keys
 from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
-from torchrl_elmur.training.checkpoint import (checkpoint_due, load_training_state, read_training_state, save_policy,
-                                              save_training_state)
-from torchrl_elmur.training.cli import parse_dataclass, value_error
+from torchrl_elmur.training.checkpoint import checkpoint_due, load_training_state, save_policy, save_training_state
+from torchrl_elmur.training.cli import flag_values, parse_dataclass, value_error
 from torchrl_elmur.training.collectors import close_collector, exit_on_interrupt, make_popgym_collector, watch_workers
 from torchrl_elmur.training.evaluate import popgym_returns
 from torchrl_elmur.training.policies import MEMORIES, make_actor_critic, rollout_policy
@@ -186,13 +185,9 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True, 
     state_keys = recurrent_state_keys(actor, critic)
     curve, frames, collect_s, train_s, checkpoint_s, done = [], 0, 0.0, 0.0, 0.0, 0
     parts, total = {"loss": loss_module, "optimizer": optimizer}, updates(args)
-    if args.resume and checkpoint is not None and checkpoint.exists():
-        saved_args = read_training_state(checkpoint)["extra"]["args"]
-        differs = {k: (saved_args.get(k), v) for k, v in asdict(args).items() if k not in RESUME_FREE and saved_args.get(k) != v}
-        if differs:
-            raise ValueError(f"online_ppo --resume: {checkpoint} is a run with other arguments: "
-                             + ", ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} here" for k, (a, b) in differs.items()))
-        done, saved = load_training_state(checkpoint, steps=total, parts=parts)
+    if args.resume and checkpoint is not None and checkpoint.exists():  # refused if a flag outside RESUME_FREE changed
+        done, saved = load_training_state(checkpoint, steps=total, parts=parts,
+                                          config=flag_values(args, leave_out=RESUME_FREE))
         curve, collect_s, train_s, checkpoint_s = (saved[k] for k in ("curve", "collect_seconds", "train_seconds",
                                                                        "checkpoint_seconds"))
         frames = curve[-1]["frames"] if curve else 0
@@ -246,8 +241,9 @@ def train(kind: str, seed: int, args: Args, run=None, *, progress: bool = True, 
                 if checkpoint is not None and checkpoint_due(done, total, args.checkpoint_every):
                     t2 = time.perf_counter()
                     save_training_state(checkpoint, step=done, steps=total, parts=parts,
+                                        config=flag_values(args, leave_out=RESUME_FREE),
                                         extra={"curve": curve, "collect_seconds": collect_s, "train_seconds": train_s,
-                                               "checkpoint_seconds": checkpoint_s, "args": asdict(args)})
+                                               "checkpoint_seconds": checkpoint_s})
                     checkpoint_s += time.perf_counter() - t2
                 t0 = time.perf_counter()
     finally:  # worker processes and weight-sync queues are closed on errors and Ctrl-C too

@@ -85,6 +85,7 @@ def train_bc(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    config: dict | None = None,
 ) -> BCHistory:
     """Behaviour cloning: ``steps`` samples of ``[batch, seq_len]`` from ``buffer``, each trained on.
 
@@ -115,7 +116,11 @@ def train_bc(
         resume: continue from ``checkpoint`` if it exists (else start): the steps after it are the
             steps the uninterrupted run takes (the same samples, dropout masks and updates; float64
             on a CPU: the same weights to the bit). ``buffer`` and ``probe`` must be built as for the
-            first run.
+            first run. A run with other settings is refused with an error naming them (the
+            optimizer's hyper-parameters, ``batch``, ``seq_len``, ``chunk_len``, ``grad_clip``,
+            ``probe_every``, ``select``, ``autocast_dtype`` and ``config``).
+        config: plain values that also decide the run (e.g. a script's arguments), saved with the
+            training state and compared on resume.
         autocast_dtype: e.g. ``torch.bfloat16``: the loss's forward runs under ``torch.autocast``
             of that dtype on the parameters' device (weights, optimizer and recurrent state stay
             float32; the backward runs outside it, as PyTorch recommends). ``None``: full precision.
@@ -142,8 +147,10 @@ def train_bc(
     best_score, best_weights = float("-inf"), None
     first = 0
     parts = {"actor": actor, "optimizer": optimizer, "sampler": buffer.sampler}  # what a resumed run continues from
+    settings = {"batch": batch, "seq_len": seq_len, "chunk_len": chunk_len, "grad_clip": grad_clip,
+                "probe_every": probe_every, "select": select, "autocast_dtype": str(autocast_dtype), **(config or {})}
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        first, saved = load_training_state(checkpoint, steps=steps, parts=parts)
+        first, saved = load_training_state(checkpoint, steps=steps, parts=parts, config=settings)
         history = BCHistory(**saved["history"])
         best_score, best_weights = saved["best_score"], saved["best_weights"]
         if progress and ctx.is_main:
@@ -151,7 +158,7 @@ def train_bc(
 
     def save_state(done: int) -> None:
         if checkpoint is not None and ctx.is_main:
-            save_training_state(checkpoint, step=done, steps=steps, parts=parts, extra={
+            save_training_state(checkpoint, step=done, steps=steps, parts=parts, config=settings, extra={
                 "history": dataclasses.asdict(history), "best_score": best_score, "best_weights": best_weights})
 
     params = [p for p in actor.parameters() if p.requires_grad]
@@ -234,5 +241,6 @@ def fit_bc(
     buffer = make_offline_replay_buffer(data, batch, seq_len, seed=seed)
     loss_module = wrap_ddp(loss_module, ctx)  # one process: unchanged
     optimizer = torch.optim.AdamW(actor.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    loop["config"] = {"seed": seed, **loop.get("config", {})}  # the sampler's seed (its state is restored on resume)
     return train_bc(actor, loss_module, buffer, optimizer, steps=steps, batch=batch, seq_len=seq_len,
                     grad_clip=grad_clip, ctx=ctx, **loop)

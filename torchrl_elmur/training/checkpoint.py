@@ -248,23 +248,76 @@ def checkpoint_due(done: int, steps: int, every: int) -> bool:
     return bool(every and done % every == 0) or done == steps
 
 
-def save_training_state(path: str | Path, *, step: int, steps: int, parts: dict, extra: dict | None = None) -> Path:
+def save_training_state(path: str | Path, *, step: int, steps: int, parts: dict, extra: dict | None = None,
+                        config: dict | None = None) -> Path:
     """Write a training loop's state after ``step`` of ``steps`` updates, atomically: the state dicts
     of ``parts`` (name -> anything with ``state_dict``: modules, optimizers, loss modules, a replay
-    sampler), every random generator (:func:`rng_states`) and ``extra`` (e.g. a history)."""
+    sampler), every random generator (:func:`rng_states`), ``extra`` (e.g. a history) and
+    ``config``: plain values that decide the run (e.g. a script's arguments), which
+    :func:`load_training_state` compares with the resuming run's."""
     return atomic_save({"format": TRAINING_FORMAT, "version": VERSION, "step": step, "steps": steps,
                         "parts": {name: part.state_dict() for name, part in parts.items()}, "rng": rng_states(),
-                        "extra": extra or {}}, path)
+                        "extra": extra or {}, "config": config or {}}, path)
 
 
-def load_training_state(path: str | Path, *, steps: int, parts: dict) -> tuple[int, dict]:
+def optimizer_settings(state: dict) -> list[dict]:
+    """An optimizer's hyper-parameters per parameter group, from its ``state_dict()`` (``lr`` as the
+    group started, ``initial_lr``, where a scheduler has moved it).
+
+    Examples:
+        >>> opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+        >>> optimizer_settings(opt.state_dict())[0]["lr"], "params" in optimizer_settings(opt.state_dict())[0]
+        (0.1, False)
+    """
+    groups = []
+    for group in state["param_groups"]:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        if "initial_lr" in settings:
+            settings["lr"] = settings.pop("initial_lr")
+        groups.append(settings)
+    return groups
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """``"key: A there, B here"`` for every key whose value differs between ``saved`` and ``current``.
+
+    Examples:
+        >>> differences({"lr": 0.001, "batch": 32}, {"lr": 0.0003, "batch": 32, "seed": 1})
+        ['lr: 0.001 there, 0.0003 here', 'seed: (none) there, 1 here']
+    """
+    missing = object()
+
+    def shown(value) -> str:
+        return "(none)" if value is missing else repr(value)
+
+    return [f"{k}: {shown(saved.get(k, missing))} there, {shown(current.get(k, missing))} here"
+            for k in dict.fromkeys([*saved, *current]) if saved.get(k, missing) != current.get(k, missing)]
+
+
+def load_training_state(path: str | Path, *, steps: int, parts: dict, config: dict | None = None) -> tuple[int, dict]:
     """Restore :func:`save_training_state`'s file into ``parts`` (the same names) and the random
-    generators; returns ``(step, extra)``. A file of another run length or other parts is refused."""
+    generators; returns ``(step, extra)``. Refused, before anything is loaded, with an error that
+    names what differs: a file of another run length or other parts, an optimizer with other
+    hyper-parameters (its state would override the ones given now, e.g. a new learning rate), or
+    (``config`` given) another ``config`` than the one saved with the file."""
     state = read_training_state(path)
     if state["steps"] != steps:
         raise ValueError(f"training state {path} is a run of {state['steps']} steps, this one has {steps}.")
     if set(state["parts"]) != set(parts):
         raise ValueError(f"training state {path} holds {sorted(state['parts'])}, this loop has {sorted(parts)}.")
+    problems = []
+    for name, part in parts.items():
+        if isinstance(part, torch.optim.Optimizer):
+            saved, current = optimizer_settings(state["parts"][name]), optimizer_settings(part.state_dict())
+            if len(saved) != len(current):
+                problems.append(f"optimizer {name!r}: {len(saved)} parameter groups there, {len(current)} here")
+            for i, (a, b) in enumerate(zip(saved, current)):
+                problems += [f"optimizer {name!r} group {i} {d}" for d in differences(a, b)]
+    if config is not None:
+        problems += differences(state.get("config", {}), config)
+    if problems:
+        raise ValueError(f"training state {path} is a run with other settings; resume with the same ones, or start "
+                         f"again without resuming: " + "; ".join(problems) + ".")
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])
     set_rng_states(state["rng"])

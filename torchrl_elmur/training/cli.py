@@ -76,8 +76,26 @@ def _emptied_list_error(args) -> str | None:
     for f in dataclasses.fields(args):
         value, default = getattr(args, f.name), getattr(defaults, f.name)
         if isinstance(value, list) and not value and isinstance(default, list) and default:
-            return f"--{f.name.replace('_', '-')} expects one or more values, received none"
+            return f"{flag(f.name)} expects one or more values, received none"
     return None
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a dataclass field (what tyro reads).
+
+    Examples:
+        >>> flag("checkpoint_every")
+        '--checkpoint-every'
+    """
+    return "--" + name.replace("_", "-")
+
+
+def flag_values(args, leave_out: Sequence[str] = (), fields_of: type | None = None) -> dict:
+    """``{flag: value}`` of a script's arguments (a dataclass), but ``leave_out`` (field names); only
+    the fields of the dataclass ``fields_of`` if given (e.g. a recipe the script's arguments extend).
+    What a training state records so that a run resumed with other flags is refused
+    (:func:`~torchrl_elmur.training.checkpoint.load_training_state`'s ``config``)."""
+    return {flag(f.name): getattr(args, f.name) for f in dataclasses.fields(fields_of or args) if f.name not in leave_out}
 
 
 def init_distributed_cli(batch: int, device: str | None = None):
@@ -124,7 +142,7 @@ def range_error(args, **intervals: str) -> str | None:
             inside = ((v >= low) if match.group(1) == "[" else (v > low)) and \
                      ((v <= high) if match.group(4) == "]" else (v < high))
             if not inside:
-                return f"--{name.replace('_', '-')} must be in {interval}, received {v}"
+                return f"{flag(name)} must be in {interval}, received {v}"
     return None
 
 

@@ -31,6 +31,7 @@ from ..data import VALIDATION_SEED, make_tmaze_dataset
 from ..envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from ..objectives import SequenceCrossEntropyLoss
 from .bc import BCHistory, fit_bc
+from .cli import flag_values
 from .distributed import DistributedContext
 from .policies import make_bc_actor
 from .tmaze_eval import tmaze_success_rate
@@ -134,4 +135,21 @@ def train_tmaze_bc(actor: TensorDictModuleBase, recipe: TMazeBC, *, name: str, r
                   probe=validate if select else None, probe_every=recipe.select_every,
                   select="success" if select else None,
                   autocast_dtype=torch.bfloat16 if recipe.bf16 else None, checkpoint=checkpoint,
-                  checkpoint_every=recipe.checkpoint_every if checkpoint is not None else 0, resume=resume)
+                  checkpoint_every=recipe.checkpoint_every if checkpoint is not None else 0, resume=resume,
+                  config=resume_config(recipe))
+
+
+# checked by fit_bc / train_bc themselves (or free to change when resuming)
+_TRAIN_BC_CHECKS = ("steps", "batch", "seq_len", "lr", "grad_clip", "seed", "bf16", "checkpoint_every")
+
+
+def resume_config(recipe: TMazeBC) -> dict:
+    """The recipe's settings that a resumed run must share with the one it continues (by flag name),
+    beyond those :func:`~torchrl_elmur.training.bc.fit_bc` checks itself; a script's arguments that
+    extend the recipe (output, evaluation, ``--resume``) are not among them.
+
+    Examples:
+        >>> resume_config(TMazeBC())["--max-corridor"], "--batch" in resume_config(TMazeBC())
+        (28, False)
+    """
+    return flag_values(recipe, leave_out=_TRAIN_BC_CHECKS, fields_of=TMazeBC)
