@@ -230,3 +230,18 @@ def test_a_step_that_fails_leaves_no_cache_behind():
         got, _ = step_by_step(m, obs[:, 2:3], is_init[:, 2:3], state=td)
     assert m._segment_cache.rebuilt_rows == 3
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_steps_under_inference_mode_then_no_grad_continue_exactly():
+    """An evaluation under torch.inference_mode, then the same module stepping under no_grad (as a
+    collector runs it) from a state of the first: the cache kept under inference mode cannot be
+    written outside it, so it is rebuilt from the state's tokens."""
+    obs, is_init = data()
+    with torch.no_grad():
+        expected, _ = step_by_step(make_module(), obs, is_init)
+    m = make_module()
+    with torch.inference_mode():
+        _, td = step_by_step(m, obs[:, :7], is_init[:, :7])
+    with torch.no_grad():
+        rest, _ = step_by_step(m, obs[:, 7:], is_init[:, 7:], state=td.clone())
+    torch.testing.assert_close(rest, expected[:, 7:], rtol=0, atol=1e-12)

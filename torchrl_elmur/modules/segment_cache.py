@@ -139,7 +139,9 @@ class SegmentCache:
         n, like = state.memory.shape[0], state.memory
         shape = (n, *self._row_shape)
         fresh = (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
-                 or entry.cache.device != like.device or entry.weights.device != weights.device)
+                 or entry.cache.device != like.device or entry.weights.device != weights.device
+                 # kept under torch.inference_mode: such tensors cannot be written outside it
+                 or (entry.cache.is_inference() and not torch.is_inference_mode_enabled()))
         # which rows the kept cache continues: none (None), all (True: the usual rollout loop, no
         # tensor work) or some (a bool [N] tensor). Host syncs: the weights' comparison and one
         # any/all below.
