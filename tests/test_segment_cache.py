@@ -245,3 +245,38 @@ def test_steps_under_inference_mode_then_no_grad_continue_exactly():
     with torch.no_grad():
         rest, _ = step_by_step(m, obs[:, 7:], is_init[:, 7:], state=td.clone())
     torch.testing.assert_close(rest, expected[:, 7:], rtol=0, atol=1e-12)
+
+
+def test_a_change_of_autocast_starts_afresh():
+    """Steps under bfloat16 autocast, then without it, and back (float32 module): the kept keys of
+    one mode are never used in the other (before, the position keys kept under autocast were bf16
+    and the next float32 step failed in its einsum); each stretch equals a module that only ever
+    stepped in that mode from the same state."""
+    obs, is_init = data(T=9)
+    obs = obs.float()
+    m = make_module().float()
+    ref = make_module().float()
+    with torch.no_grad():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])  # p = 1: the segment's earlier token is kept
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got_bf16, td2 = step_by_step(m, obs[:, 4:6], is_init[:, 4:6], state=td)
+            want_bf16, _ = step_by_step(pickle.loads(pickle.dumps(ref)), obs[:, 4:6], is_init[:, 4:6], state=td)
+        got, _ = step_by_step(m, obs[:, 6:], is_init[:, 6:], state=td2)
+        want, _ = step_by_step(pickle.loads(pickle.dumps(ref)), obs[:, 6:], is_init[:, 6:], state=td2)
+    torch.testing.assert_close(got_bf16, want_bf16, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_inference_mode_then_no_grad_with_read_keys_kept_under_inference_mode():
+    """The kept read keys and values made under inference mode (a new rollout there: every row at a
+    segment's start) are not written in place outside it when only some rows start a segment."""
+    obs, is_init = data()
+    m = make_module()
+    with torch.no_grad():
+        step_by_step(m, obs[:, :2], is_init[:, :2])  # a cache of this batch size, made outside inference mode
+    with torch.inference_mode():
+        _, td = step_by_step(m, obs[:, :4], is_init[:, :4])
+    with torch.no_grad():
+        expected, _ = step_by_step(make_module(), obs[:, 4:], is_init[:, 4:], state=td.clone())
+        got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td.clone())  # row 0 resets at t = 5
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

@@ -263,7 +263,7 @@ def test_online_ppo_ends_with_its_workers_on_a_fault(tmp_path, fault):
                 time.sleep(0.2)
             assert "fps=" in "".join(chunks), "".join(chunks)[-2000:]
             workers = _workers(proc.pid)
-            assert len(workers) == 2, f"expected the collector's 2 worker processes, found {workers}"
+            assert workers, f"no collector worker process found among the children of {proc.pid}"
             os.kill(workers[0], signal.SIGKILL)
             start = time.monotonic()
             try:  # a watchdog raises within ~1 s (MultiSync) or the store's 10 s time-out (distributed)

@@ -78,9 +78,10 @@ class RelativeSelfAttention(nn.Module):
         """``W_r sinusoid(delta)`` for delta = 0 .. K-1, split into heads: ``[1, H, K, d]``.
 
         ``position_mask`` (``[K, D]``, a dropout mask already scaled by 1/(1-p)) multiplies the
-        sinusoid first (position-embedding dropout). Computed at every call, never cached: a
-        cache keyed on the weights' version counter goes stale when another process writes the
-        weights in shared memory (TorchRL's multi-process collectors do), which no counter sees.
+        sinusoid first (position-embedding dropout). Computed at every call; a caller that keeps
+        the result must notice weight changes that no version counter sees (another process
+        writing the weights in shared memory, as TorchRL's multi-process collectors do): the
+        derived segment cache compares a fingerprint of the weights' values.
         """
         if position_mask is not None:
             emb = self.distance_embedding.to(dtype) * position_mask

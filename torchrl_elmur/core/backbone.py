@@ -228,9 +228,9 @@ class ELMURBackbone(Stepping, nn.Module):
         """What a streaming step reads that does not change from step to step: the layers'
         relative keys (they change only with the weights) and the keys and values that each
         layer's memory read projects from its slots (they change only when a segment is
-        committed). Pass them to :meth:`_token_path` to skip those projections at every step;
-        computed inside the step when not given (and in training, where the position embedding
-        has dropout).
+        committed). A caller that keeps them (:class:`~torchrl_elmur.ELMURModule`'s derived segment
+        cache) passes them to the step to skip those projections at every step; the step computes
+        them itself when not given.
 
         Args:
             memory: ``[B, L, M, D]``; memory_time: int64 ``[B, L, M]``.
@@ -258,7 +258,8 @@ class ELMURBackbone(Stepping, nn.Module):
         """The part of a step that every row does at every step, with no data-dependent shape or
         branch (what :meth:`~torchrl_elmur.core.stepping.Stepping.compiled_step` compiles): all layers' token outputs for ``x [B, F]``
         at slots ``p = step % K`` (computed once by :meth:`_step`). ``constants``: :meth:`step_constants`
-        of ``memory``, if the caller keeps them (eval mode only); else computed inside the step.
+        of ``memory``, if the caller keeps them; else computed inside the step (the relative keys
+        always are in training with position dropout, whose mask is drawn per segment).
 
         Returns:
             ``(y [B, D], entry [B, H, L, 3, d])``: the output (after the final norm) and this

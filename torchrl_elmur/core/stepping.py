@@ -84,7 +84,7 @@ class Stepping:
             y, entry = self._token_path(x, memory, memory_time, cache, step, p, constants)
         if not inplace:
             cache = cache.clone()
-        cache[torch.arange(x.shape[0], device=x.device), :, p] = entry
+        cache[torch.arange(x.shape[0], device=x.device), :, p] = entry.to(cache.dtype)  # (bf16 under autocast)
         return y, cache, p, p == K - 1
 
     def _segment_write(self, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,

@@ -94,17 +94,18 @@ class FastSteps:
         the tokens where it does not continue ``incoming``), and the next state stores the tokens."""
         K = self.config.segment_len
         p = state.step % K  # [N]: this token's slot in its segment
-        cache, constants, weights = self._segment_cache.continue_state(incoming, state, p)
         compiled = self._compiled_step if self._compile_mode not in (None, "reduce-overhead") else None
+        cache, constants, weights, mode = self._segment_cache.continue_state(incoming, state, p,
+                                                                             constants=compiled is None)
         y, new = self.backbone._step(value, ELMURState(state.memory, state.memory_time, cache, state.step),
-                                     own_cache=True, compiled=compiled, constants=None if compiled else constants)
+                                     own_cache=True, compiled=compiled, constants=constants)
         tokens = state.tokens
         if K > 1:  # this token joins the segment's inputs, unless it completed the segment
             tokens = tokens.clone()
             tokens[torch.arange(tokens.shape[0], device=tokens.device), p.clamp(max=K - 2)] = value
             tokens.masked_fill_((p == K - 1)[:, None, None], 0.0)
         new = ELMURState(new.memory, new.memory_time, None, new.step, tokens=tokens)
-        self._segment_cache.remember(cache, new, weights, constants)
+        self._segment_cache.remember(cache, new, weights, constants, mode)
         return y, new
 
 

@@ -29,6 +29,13 @@ TorchRL's multi-process collectors write new weights into shared memory from ano
 and ``tensor.data`` writes bypass them; a norm changes with any real update. (A change that keeps
 every tensor's norm to the bit, such as a permutation of a tensor's entries, is not seen.)
 
+Step constants: beside the cache, the module keeps the backbone's
+:meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` (each layer's relative keys, kept while
+the fingerprint stays; each memory read's keys and values, per row, recomputed for rows at a
+segment's start or not continued). Everything kept is dropped when ``torch.inference_mode`` or
+``torch.autocast`` changes between two steps (:func:`grad_mode`): tensors of one mode are neither
+writable nor of the right dtype in the other.
+
 The cache never leaves the module: it is dropped on pickling and copying, so collector workers
 start with none and build their own.
 """
@@ -93,14 +100,32 @@ def rows_equal(a: ELMURState, b: ELMURState) -> Tensor:
     return equal
 
 
+def grad_mode(device: torch.device) -> tuple:
+    """What the kept tensors depend on besides the state and the weights: ``torch.inference_mode``
+    (tensors made under it cannot be written outside it) and ``torch.autocast`` on ``device`` (the
+    keys' dtype and rounding).
+
+    Examples:
+        >>> grad_mode(torch.device("cpu"))
+        (False, None)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     grad_mode(torch.device("cpu"))
+        (False, torch.bfloat16)
+    """
+    autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    return torch.is_inference_mode_enabled(), autocast
+
+
 @dataclass
 class _Entry:
     cache: Tensor  # [N, H, K, L, 3, d], written in place by the steps that continue it
     state: ELMURState  # the tokens-layout state it continues: the module's last written next state
     weights: Tensor  # token_path_fingerprint when it was last used
     versions: tuple[int, ...] | None  # the state fields' version counters (None: inference tensors, kept as copies)
-    constants: StepConstants  # the backbone's step_constants: for these weights, and for the memory of the
-    # rows of `state` not at a segment's start (rows at p = 0 may have just committed: recomputed)
+    constants: StepConstants | None  # the backbone's step_constants: for these weights, and for the memory of
+    # the rows of `state` not at a segment's start (rows at p = 0 may have just committed: recomputed); None:
+    # not computed (compiled steps compute them inside)
+    mode: tuple  # grad_mode(): inference mode and autocast when it was written; another mode starts afresh
 
     def state_unchanged(self) -> bool:
         """No in-place write into the written state since (it is in the caller's tensordict)."""
@@ -128,20 +153,20 @@ class SegmentCache:
         self._entry: _Entry | None = None
         self.rebuilt_rows = 0  # rows rebuilt from their tokens so far (tests read it)
 
-    def continue_state(self, incoming: ELMURState, state: ELMURState,
-                       p: Tensor) -> tuple[Tensor, StepConstants, Tensor]:
-        """The cache and the step constants for ``state`` (the incoming state after ``is_init``
-        resets; ``p = step % K`` of its rows) and the weights' fingerprint; ``incoming``: the state
-        as read from the tensordict (before the resets)."""
+    def continue_state(self, incoming: ELMURState, state: ELMURState, p: Tensor,
+                       constants: bool = True) -> tuple[Tensor, StepConstants | None, Tensor, tuple]:
+        """The cache and (``constants=True``) the step constants for ``state`` (the incoming state
+        after ``is_init`` resets; ``p = step % K`` of its rows), the weights' fingerprint and the
+        :func:`grad_mode`, to hand to :meth:`remember`; ``incoming``: the state as read from the
+        tensordict (before the resets)."""
         backbone, entry = self.backbone, self._entry
         self._entry = None  # the step writes into the cache: until remember(), it continues no state
         weights = token_path_fingerprint([where[name] for where, name in self._slots])
         n, like = state.memory.shape[0], state.memory
         shape = (n, *self._row_shape)
+        mode = grad_mode(like.device)
         fresh = (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
-                 or entry.cache.device != like.device or entry.weights.device != weights.device
-                 # kept under torch.inference_mode: such tensors cannot be written outside it
-                 or (entry.cache.is_inference() and not torch.is_inference_mode_enabled()))
+                 or entry.cache.device != like.device or entry.weights.device != weights.device or entry.mode != mode)
         # which rows the kept cache continues: none (None), all (True: the usual rollout loop, no
         # tensor work) or some (a bool [N] tensor). Host syncs: the weights' comparison and one
         # any/all below.
@@ -163,7 +188,7 @@ class SegmentCache:
             any_stale, any_unread, all_unread = bool(stale.any()), True, True
         elif reuse is True:  # only rows at a segment's start (maybe just committed) need their read recomputed
             stale, unread = None, start
-            count = int(start.sum())
+            count = int(start.sum()) if constants else 0  # (a compiled step needs no constants)
             any_stale, any_unread, all_unread = False, count > 0, count == n
         else:
             stale = ~start & ~reuse  # rows whose earlier tokens are missing from the cache
@@ -173,21 +198,25 @@ class SegmentCache:
             rows = stale.nonzero().squeeze(-1)
             cache[rows] = backbone.cache_from_tokens(state.map(lambda t: t[rows]))
             self.rebuilt_rows += rows.numel()
-        rel = entry.constants.rel if weights_kept else backbone.relative_keys()
-        if all_unread:
+        if not constants:
+            return cache, None, weights, mode
+        kept = None if fresh else entry.constants
+        rel = kept.rel if weights_kept and kept is not None else backbone.relative_keys()
+        if all_unread or kept is None:
             read_kv = backbone.read_keys_values(state.memory, state.memory_time)
         else:
-            read_kv = entry.constants.read_kv  # not fresh: some row was kept
+            read_kv = kept.read_kv  # some row was kept
             if any_unread:
                 rows = unread.nonzero().squeeze(-1)
                 read_kv[rows] = backbone.read_keys_values(state.memory[rows], state.memory_time[rows])
-        return cache, StepConstants(rel, read_kv), weights
+        return cache, StepConstants(rel, read_kv), weights, mode
 
-    def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor, constants: StepConstants) -> None:
+    def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor, constants: StepConstants | None,
+                 mode: tuple) -> None:
         """Keep ``cache`` (already stepped) and the step's ``constants`` as those that continue
-        ``next_state`` (the fields as written into the tensordict)."""
+        ``next_state`` (the fields as written into the tensordict), made in ``mode`` (:func:`grad_mode`)."""
         fields = next_state.fields().values()
         if any(t.is_inference() for t in fields):  # no version counters: keep a copy to compare with
-            self._entry = _Entry(cache, next_state.map(torch.clone), weights, None, constants)
+            self._entry = _Entry(cache, next_state.map(torch.clone), weights, None, constants, mode)
         else:
-            self._entry = _Entry(cache, next_state, weights, tuple(t._version for t in fields), constants)
+            self._entry = _Entry(cache, next_state, weights, tuple(t._version for t in fields), constants, mode)

@@ -241,6 +241,6 @@ def fit_bc(
     buffer = make_offline_replay_buffer(data, batch, seq_len, seed=seed)
     loss_module = wrap_ddp(loss_module, ctx)  # one process: unchanged
     optimizer = torch.optim.AdamW(actor.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-    loop["config"] = {"seed": seed, **loop.get("config", {})}  # the sampler's seed (its state is restored on resume)
+    loop["config"] = {**(loop.get("config") or {}), "seed": seed}  # the sampler's seed (its state is restored on resume)
     return train_bc(actor, loss_module, buffer, optimizer, steps=steps, batch=batch, seq_len=seq_len,
                     grad_clip=grad_clip, ctx=ctx, **loop)

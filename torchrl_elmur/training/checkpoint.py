@@ -311,10 +311,12 @@ def load_training_state(path: str | Path, *, steps: int, parts: dict, config: di
             saved, current = optimizer_settings(state["parts"][name]), optimizer_settings(part.state_dict())
             if len(saved) != len(current):
                 problems.append(f"optimizer {name!r}: {len(saved)} parameter groups there, {len(current)} here")
-            for i, (a, b) in enumerate(zip(saved, current)):
-                problems += [f"optimizer {name!r} group {i} {d}" for d in differences(a, b)]
-    if config is not None:
-        problems += differences(state.get("config", {}), config)
+            for i, (a, b) in enumerate(zip(saved, current)):  # the keys both have (a torch upgrade may add some)
+                common = a.keys() & b.keys()
+                problems += [f"optimizer {name!r} group {i} {d}" for d in
+                             differences({k: a[k] for k in common}, {k: b[k] for k in common})]
+    if config is not None and "config" in state:  # (a state written before configs were saved has none to compare)
+        problems += differences(state["config"], config)
     if problems:
         raise ValueError(f"training state {path} is a run with other settings; resume with the same ones, or start "
                          f"again without resuming: " + "; ".join(problems) + ".")
