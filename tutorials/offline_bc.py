@@ -40,8 +40,8 @@ import torch
 
 from torchrl_elmur.data import EVAL_SEED
 from torchrl_elmur.training import episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb
-from torchrl_elmur.training.checkpoint import save_policy
-from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, value_error
+from torchrl_elmur.training.checkpoint import ResumeMismatch, save_policy
+from torchrl_elmur.training.cli import cli_errors, init_distributed_cli, parse_dataclass, value_error
 from torchrl_elmur.training.distributed import DistributedContext, rows_per_rank, shutdown
 from torchrl_elmur.training.tmaze_bc import TMazeBC, make_tmaze_actor, tmaze_elmur_config, train_tmaze_bc
 
@@ -163,4 +163,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli_errors(ResumeMismatch):  # --resume with other flags: one line, exit 2
+        main()

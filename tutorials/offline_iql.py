@@ -50,9 +50,11 @@ from torchrl_elmur.envs.tmaze_rules import NUM_ACTIONS, OBS_DIM
 from torchrl_elmur.objectives import RecurrentTD0Estimator, SequenceCrossEntropyLoss
 from torchrl_elmur.training import (episodes_error, evaluate_lengths, plot_success_vs_length, start_wandb,
                                     tmaze_success_rate)
-from torchrl_elmur.training.cli import flag_values, init_distributed_cli, parse_dataclass, range_error, value_error
+from torchrl_elmur.training.cli import (cli_errors, flag_values, init_distributed_cli, parse_dataclass, range_error,
+                                       value_error)
 from torchrl_elmur.training.distributed import DistributedContext, rows_per_rank, shard_rows, shutdown, wrap_ddp
-from torchrl_elmur.training.checkpoint import checkpoint_due, load_training_state, save_policy, save_training_state
+from torchrl_elmur.training.checkpoint import (ResumeMismatch, checkpoint_due, load_training_state, save_policy,
+                                              save_training_state)
 from torchrl_elmur.training.policies import make_bc_actor, make_network
 
 COMPARE = (("iql", "elmur"), ("bc", "elmur"), ("iql", "lstm"), ("iql", "gru"))
@@ -349,4 +351,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli_errors(ResumeMismatch):  # --resume with other flags: one line, exit 2
+        main()

@@ -50,8 +50,9 @@ from torchrl_elmur.data.row_states import RowStartStates, recurrent_state_keys
 from torchrl_elmur.envs import make_popgym_env
 from torchrl_elmur.envs.popgym_env import task_name
 from torchrl_elmur.training import start_wandb
-from torchrl_elmur.training.checkpoint import checkpoint_due, load_training_state, save_policy, save_training_state
-from torchrl_elmur.training.cli import flag_values, parse_dataclass, value_error
+from torchrl_elmur.training.checkpoint import (ResumeMismatch, checkpoint_due, load_training_state, save_policy,
+                                              save_training_state)
+from torchrl_elmur.training.cli import cli_errors, flag_values, parse_dataclass, value_error
 from torchrl_elmur.training.collectors import close_collector, exit_on_interrupt, make_popgym_collector, watch_workers
 from torchrl_elmur.training.evaluate import popgym_returns
 from torchrl_elmur.training.policies import MEMORIES, make_actor_critic, rollout_policy
@@ -366,4 +367,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    exit_on_interrupt(main, "online_ppo")
+    with cli_errors(ResumeMismatch):  # --resume with other flags: one line, exit 2 (after the workers are stopped)
+        exit_on_interrupt(main, "online_ppo")

@@ -260,6 +260,12 @@ def save_training_state(path: str | Path, *, step: int, steps: int, parts: dict,
                         "extra": extra or {}, "config": config or {}}, path)
 
 
+class ResumeMismatch(ValueError):
+    """A training state that the run resuming from it does not match (another run length, other
+    parts, other optimizer settings or another config): :func:`load_training_state` raises it
+    before loading anything; scripts turn it into a one-line error (:func:`~torchrl_elmur.training.cli.cli_errors`)."""
+
+
 def optimizer_settings(state: dict) -> list[dict]:
     """An optimizer's hyper-parameters per parameter group, from its ``state_dict()`` (``lr`` as the
     group started, ``initial_lr``, where a scheduler has moved it).
@@ -302,9 +308,9 @@ def load_training_state(path: str | Path, *, steps: int, parts: dict, config: di
     (``config`` given) another ``config`` than the one saved with the file."""
     state = read_training_state(path)
     if state["steps"] != steps:
-        raise ValueError(f"training state {path} is a run of {state['steps']} steps, this one has {steps}.")
+        raise ResumeMismatch(f"training state {path} is a run of {state['steps']} steps, this one has {steps}.")
     if set(state["parts"]) != set(parts):
-        raise ValueError(f"training state {path} holds {sorted(state['parts'])}, this loop has {sorted(parts)}.")
+        raise ResumeMismatch(f"training state {path} holds {sorted(state['parts'])}, this loop has {sorted(parts)}.")
     problems = []
     for name, part in parts.items():
         if isinstance(part, torch.optim.Optimizer):
@@ -318,7 +324,7 @@ def load_training_state(path: str | Path, *, steps: int, parts: dict, config: di
     if config is not None and "config" in state:  # (a state written before configs were saved has none to compare)
         problems += differences(state["config"], config)
     if problems:
-        raise ValueError(f"training state {path} is a run with other settings; resume with the same ones, or start "
+        raise ResumeMismatch(f"training state {path} is a run with other settings; resume with the same ones, or start "
                          f"again without resuming: " + "; ".join(problems) + ".")
     for name, part in parts.items():
         part.load_state_dict(state["parts"][name])

@@ -14,12 +14,13 @@ script's own ``check``: a failure is one line on stderr, ``<prog>: error: <messa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import tyro
 
@@ -64,9 +65,25 @@ def parse_dataclass(cls: type[T], description: str | None = None, argv: Sequence
     if message is None and check is not None:
         message = check(args)
     if message:
-        print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        cli_error(message)
     return args
+
+
+def cli_error(message: str) -> NoReturn:
+    """End a script with one line on stderr, ``<prog>: error: <message>``, and status 2 (as argparse)."""
+    print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def cli_errors(*errors: type[BaseException]):
+    """Within the block, an exception of one of ``errors`` ends the script by :func:`cli_error` with
+    its message instead of a traceback (for errors of the user's input found late, e.g. a
+    :class:`~torchrl_elmur.training.checkpoint.ResumeMismatch`)."""
+    try:
+        yield
+    except errors as error:
+        cli_error(str(error))
 
 
 def _emptied_list_error(args) -> str | None:
