@@ -86,7 +86,7 @@ class Args:
 
 def check(args: Args) -> str | None:
     error = value_error("--tasks", lambda: [mikasa_task(t) for t in args.tasks])
-    error = error or range_error(args, eval_episodes="[1, inf)", episodes="[1, inf)", steps="[1, inf)", batch="[1, inf)")
+    error = error or range_error(args, eval_episodes="[1, inf)")  # stricter than COMMON_RANGES' [0, inf)
     if error:
         return error
     if not args.seeds or len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
@@ -220,19 +220,13 @@ def main() -> None:
             progress=args.progress and ctx.is_main, cues_per_layout=cues_per_layout(task, args),
             action_noise=action_noise(task, args), obs_mode=args.obs))
         if ctx.is_main:
-            recorded = log.get(task=task, policy="oracle", seed=None, config=config)
-            oracle[task] = recorded["success"] if recorded else oracle_eval_success(task, args.eval_episodes)
-            if not recorded:
-                log.add({"task": task, "policy": "oracle", "seed": None, "config": config, "success": oracle[task]})
+            oracle[task] = log.get_or_add(lambda: {"success": oracle_eval_success(task, args.eval_episodes)},
+                                          task=task, policy="oracle", seed=None, config=config)[0]["success"]
         for seed in args.seeds:
-            for memory in args.policies:
-                row = log.get(task=task, policy=memory, seed=seed, config=config)
-                if row is None:
-                    row = run_policy(task, memory, seed, data, args, ctx)
-                    if row is None:  # another rank: rank 0 records
-                        continue
-                    log.add({**row, "config": config})
-                elif not ctx.is_main:
+            for memory in args.policies:  # every rank trains what is not recorded; rank 0 records and reports
+                row, _ = log.get_or_add(lambda: run_policy(task, memory, seed, data, args, ctx),
+                                        task=task, policy=memory, seed=seed, config=config)
+                if not ctx.is_main:
                     continue
                 rows.append({k: v for k, v in row.items() if k != "config"})
                 cue = (f"; cue effect {row['cue_effect']:.3f} on a reach of {row['reach_action']:.3f}"

@@ -232,20 +232,14 @@ def main() -> None:
         data = main_first(ctx, lambda: make_popgym_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
             task, args.episodes, seed=args.seed, cache_dir=args.cache, progress=args.progress and ctx.is_main))
         if ctx.is_main:
-            recorded = log.get(task=task, policy="baselines", config=config)
-            table[task] = recorded["returns"] if recorded else baseline_returns(task, args.eval_episodes)
-            if not recorded:
-                log.add({"task": task, "policy": "baselines", "config": config, "returns": table[task]})
-        for memory in args.policies:
-            row = log.get(task=task, policy=memory, config=config)
-            if row is None:
-                row = run_policy(task, memory, data, args, ctx)
-                if row is None:
-                    continue
-                log.add({**row, "config": config})
-            elif not ctx.is_main:
+            table[task] = log.get_or_add(lambda: {"returns": baseline_returns(task, args.eval_episodes)},
+                                         task=task, policy="baselines", config=config)[0]["returns"]
+        for memory in args.policies:  # every rank trains what is not recorded; rank 0 records and reports
+            row, recorded = log.get_or_add(lambda: run_policy(task, memory, data, args, ctx),
+                                           task=task, policy=memory, config=config)
+            if not ctx.is_main:
                 continue
-            else:
+            if recorded:
                 print(f"  {task:28s} {memory:6s} recorded earlier ({log.path.name})")
             row = {k: v for k, v in row.items() if k != "config"}
             rows.append(row)

@@ -169,13 +169,21 @@ def test_an_edited_state_row_is_rebuilt(edit, rebuilt):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
-def test_inference_mode_steps_equal_no_grad_steps():
+def no_grad_run_and_inference_mode_start(T=7):
+    """Data, the outputs of a module stepped over all of it under no_grad, and a second module with
+    its outputs and state after ``T`` steps under ``torch.inference_mode``."""
     obs, is_init = data()
     with torch.no_grad():
         expected, _ = step_by_step(make_module(), obs, is_init)
     m = make_module()
     with torch.inference_mode():
-        got, td = step_by_step(m, obs[:, :7], is_init[:, :7])
+        got, td = step_by_step(m, obs[:, :T], is_init[:, :T])
+    return obs, is_init, expected, m, got, td
+
+
+def test_inference_mode_steps_equal_no_grad_steps():
+    obs, is_init, expected, m, got, td = no_grad_run_and_inference_mode_start()
+    with torch.inference_mode():
         td["recurrent_state", "tokens"][2, 0] += 0.5  # in place, no version counter: the kept copy tells
         edited, _ = step_by_step(m, obs[:, 7:8], is_init[:, 7:8], state=td)
     assert m._segment_cache.rebuilt_rows == 1
@@ -236,12 +244,7 @@ def test_steps_under_inference_mode_then_no_grad_continue_exactly():
     """An evaluation under torch.inference_mode, then the same module stepping under no_grad (as a
     collector runs it) from a state of the first: the cache kept under inference mode cannot be
     written outside it, so it is rebuilt from the state's tokens."""
-    obs, is_init = data()
-    with torch.no_grad():
-        expected, _ = step_by_step(make_module(), obs, is_init)
-    m = make_module()
-    with torch.inference_mode():
-        _, td = step_by_step(m, obs[:, :7], is_init[:, :7])
+    obs, is_init, expected, m, _, td = no_grad_run_and_inference_mode_start()
     with torch.no_grad():
         rest, _ = step_by_step(m, obs[:, 7:], is_init[:, 7:], state=td.clone())
     torch.testing.assert_close(rest, expected[:, 7:], rtol=0, atol=1e-12)

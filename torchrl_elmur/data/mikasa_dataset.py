@@ -37,13 +37,13 @@ from tensordict import TensorDict
 from torchrl.envs.utils import step_mdp
 from tqdm import tqdm
 
-from ..envs.mikasa_env import ManiSkillEnv, mikasa_task, num_colours
+from ..envs.mikasa_env import CUE_STEPS, ManiSkillEnv, mikasa_task, num_colours
 from .storage import EVAL_SEED, cached_dataset
 
 FORMAT_VERSION = 1  # bump when the stored format or the oracles change
 STEP_KEYS = {"rgb": ("pixels", "proprio"), "state": ("state",), "visible_state": ("visible_state",)}  # recorded per obs_mode
 NEXT_KEYS = ("reward", "done", "terminated", "truncated", "success", "success_once")
-NOISE_STEPS = (10, 30)  # RememberColor: the steps whose executed action gets ``action_noise`` (after the cue's 10, the reach)
+NOISE_STEPS = (CUE_STEPS, 30)  # RememberColor: the steps whose executed action gets ``action_noise`` (after the cue's 10, the reach)
 
 
 def perturb(action: torch.Tensor, sigma: float, generator: torch.Generator, dims: int = 3) -> torch.Tensor:

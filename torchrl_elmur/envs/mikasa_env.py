@@ -39,6 +39,9 @@ from torchrl.data import Binary, Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 # task id -> (family, the control mode this project's oracles and policies use)
+PROPRIO_SIZE = 25  # the "proprio" observation (rgb mode): qpos 9, qvel 9, TCP pose 7
+CUE_STEPS = 10  # RememberColor: the cue is shown (steps 0-4), then hidden (5-9); the oracle holds still
+
 MIKASA_TASKS = {
     "RememberColor3-v0": ("RememberColor", "pd_ee_delta_pos"),
     "RememberColor5-v0": ("RememberColor", "pd_ee_delta_pos"),
@@ -298,7 +301,7 @@ class ManiSkillEnv(EnvBase):
         if self.obs_mode == "rgb":
             size = self.image_size
             obs["pixels"] = Bounded(0, 255, shape=(6, size, size), dtype=torch.uint8, device=self.device)
-            obs["proprio"] = Unbounded(shape=(25,), dtype=torch.float32, device=self.device)
+            obs["proprio"] = Unbounded(shape=(PROPRIO_SIZE,), dtype=torch.float32, device=self.device)
         elif self.obs_mode == "visible_state":
             obs["visible_state"] = Unbounded(shape=(visible_state_size(self.task),), dtype=torch.float32, device=self.device)
         else:

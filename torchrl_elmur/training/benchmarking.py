@@ -220,6 +220,27 @@ class RowLog:
         """The recorded row with these key values, or None."""
         return self.rows.get(tuple(key[k] for k in self.key))
 
+    def get_or_add(self, compute: Callable[[], dict | None], **key) -> tuple[dict | None, bool]:
+        """The row recorded under ``key`` and True; else ``compute()``'s row with ``key``, recorded
+        (unless ``compute`` returns None, e.g. on a torchrun rank that does not report), and False.
+
+        Examples:
+            >>> import tempfile
+            >>> log = RowLog(tempfile.mkdtemp() + "/rows.jsonl", key=("policy",))
+            >>> log.get_or_add(lambda: {"success": 0.5}, policy="gru")
+            ({'success': 0.5, 'policy': 'gru'}, False)
+            >>> log.get_or_add(lambda: 1 / 0, policy="gru")      # recorded: not computed again
+            ({'success': 0.5, 'policy': 'gru'}, True)
+        """
+        row = self.get(**key)
+        if row is not None:
+            return row, True
+        row = compute()
+        if row is not None:
+            row = {**row, **key}
+            self.add(row)
+        return row, False
+
     def add(self, row: dict) -> None:
         """Record a finished row (durably, before returning)."""
         with open(self.path, "a") as f:

@@ -26,11 +26,11 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.modules import set_recurrent_mode
 
 from ..core import ELMURConfig
-from ..envs.mikasa_env import MIKASA_TASKS, episode_length, mikasa_task, num_colours, visible_state_size
+from ..envs.mikasa_env import (CUE_STEPS, MIKASA_TASKS, PROPRIO_SIZE, episode_length, mikasa_task, num_colours,
+                                visible_state_size)
 from .policies import fit_standardize, make_bc_actor
 
 ACTION_DIMS = {"pd_ee_delta_pos": 4, "pd_ee_delta_pose": 7}  # the control modes of MIKASA_TASKS
-PROPRIO = 25  # ManiSkillEnv's proprio (rgb): qpos 9, qvel 9, TCP pose 7
 PUBLISHED = {"RememberColor": ELMURConfig.mikasa_remember_color, "TakeItBack": ELMURConfig.mikasa_take_it_back}
 # the paper's offline results from two 128x128 cameras, 1000 oracle episodes (../shared/ELMUR.md section 6)
 PAPER_PIXELS = {"RememberColor3-v0": {"elmur": 0.89, "mlp": 0.27}, "RememberColor5-v0": {"elmur": 0.19, "mlp": 0.12},
@@ -39,7 +39,6 @@ PAPER_PIXELS = {"RememberColor3-v0": {"elmur": 0.89, "mlp": 0.27}, "RememberColo
 # 1000 recorded episodes (step 20-22 of 60 in RememberColor3, 41-50 of 180 in TakeItBack); evaluation ends an
 # episode at its first success, so the steps after it are never played
 TRAIN_WINDOW = {"RememberColor": 30, "TakeItBack": 60}
-CUE_STEPS = 10  # RememberColor: the cue is shown (steps 0-4), then hidden (5-9); the oracle holds still
 DECISION_STEPS = 3  # RememberColor: the first steps of the reach, the only ones that need the cue (later: the arm's motion)
 
 
@@ -86,7 +85,7 @@ def make_mikasa_actor(task: str, memory: str, *, obs: Literal["visible_state", "
         raise ValueError(f"make_mikasa_actor: obs={obs!r} is invalid: expected 'visible_state' or 'rgb'.")
     from ..modules import PixelEncoder
 
-    encoder = PixelEncoder(6, image_size, width=config.d_model, proprio_size=PROPRIO if proprio else 0)
+    encoder = PixelEncoder(6, image_size, width=config.d_model, proprio_size=PROPRIO_SIZE if proprio else 0)
     keys = ("pixels", "proprio") if proprio else ("pixels",)
     return make_bc_actor(memory, 0, action_dim=action_dim, width=config.d_model, config=elmur, encoder=encoder,
                          in_keys=keys)
