@@ -226,6 +226,8 @@ class TimeGapCrossAttention(nn.Module):
         bias = gap_table[gap.clamp(-max_gap, max_gap) + max_gap]  # [B, n, S, H]
         if queries.shape[1] == 1:  # one query per row (the streaming step): see _attend_one
             return self.out(self._attend_one(queries, self.kv(keys) if kv is None else kv, bias))
+        if kv is not None:
+            raise ValueError(f"TimeGapCrossAttention: kv is for one query per row, received {queries.shape[1]} queries.")
         qh = split_heads(self.q(queries), h)  # [B, H, n, d]
         kh, vh = (split_heads(t, h) for t in self.kv(keys).chunk(2, dim=-1))  # [B, H, S, d]
         y = F.scaled_dot_product_attention(

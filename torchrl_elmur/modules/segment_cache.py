@@ -201,8 +201,10 @@ class SegmentCache:
         if not constants:
             return cache, None, weights, mode
         kept = None if fresh else entry.constants
-        rel = kept.rel if weights_kept and kept is not None else backbone.relative_keys()
-        if all_unread or kept is None:
+        if kept is None:  # nothing kept: compute both
+            return cache, backbone.step_constants(state.memory, state.memory_time), weights, mode
+        rel = kept.rel if weights_kept else backbone.relative_keys()
+        if all_unread:
             read_kv = backbone.read_keys_values(state.memory, state.memory_time)
         else:
             read_kv = kept.read_kv  # some row was kept
