@@ -4,8 +4,10 @@ For every task: the scripted oracle's episodes (``make_mikasa_dataset``, cached 
 what a policy may see, then per policy and training seed the same recipe on the same encoder and
 data (``fit_bc``: AdamW, whole episodes as rows, MSE on the actions), then ``--eval-episodes`` greedy
 episodes in the real env on seeds disjoint from the data's (``EVAL_SEED`` on), scored by
-``success_once`` (``mikasa_success``, ``--workers`` CPU processes). The oracle is scored on the same
-seeds.
+``success_once`` (``mikasa_success``). The oracle is scored on the same seeds. ``--jobs`` rows (a
+task, policy and seed: its training and evaluation) run at once, each in a process of its own with
+1 torch thread, its evaluation in that process; ``--jobs 1``: one after another in this process,
+each evaluation over ``--workers`` env processes.
 
 What the policies see (``--obs``):
 
@@ -19,7 +21,7 @@ What the policies see (``--obs``):
     python benchmarks/mikasa_robo.py                           # RememberColor3 + TakeItBack, visible state, 3 seeds
     python benchmarks/mikasa_robo.py --tasks RememberColor3-v0 RememberColor5-v0 RememberColor9-v0 TakeItBack-v0
     python benchmarks/mikasa_robo.py --obs rgb --image-size 128 --preset paper --steps 5000 --seeds 0   # paper protocol
-    torchrun --nproc_per_node=2 benchmarks/mikasa_robo.py      # training data-parallel (DDP)
+    torchrun --nproc_per_node=2 benchmarks/mikasa_robo.py --jobs 1   # training data-parallel (DDP)
     python benchmarks/mikasa_robo.py --oracle-only --tasks RememberColor3-v0 RememberColor5-v0 RememberColor9-v0 \
         TakeItBack-v0                                          # the scripted oracles' success per task
 
@@ -30,6 +32,7 @@ same command after a crash trains only what is missing (``--restart``: all).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tqdm import tqdm
 
 from torchrl_elmur.data import make_mikasa_dataset
 from torchrl_elmur.data.mikasa_dataset import (EVAL_SEED, check_action_noise, check_cues_per_layout,
@@ -45,7 +49,7 @@ from torchrl_elmur.data.mikasa_dataset import (EVAL_SEED, check_action_noise, ch
 from torchrl_elmur.envs.mikasa_env import MIKASA_TASKS, episode_length, mikasa_task, num_colours, render_device_error
 from torchrl_elmur.objectives import SequenceMSELoss
 from torchrl_elmur.training.bc import fit_bc
-from torchrl_elmur.training.benchmarking import RowLog, grouped_bars, write_report
+from torchrl_elmur.training.benchmarking import RowLog, grouped_bars, in_processes, write_report
 from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error, value_error
 from torchrl_elmur.training.distributed import DistributedContext, main_first, shutdown
 from torchrl_elmur.training.evaluate import mikasa_success
@@ -74,7 +78,8 @@ class Args:
     width: int = 64  # encoder output and memory width ("cpu" preset)
     grad_clip: float = 5.0
     eval_episodes: int = 100  # evaluation episodes per task, policy and seed (seeds EVAL_SEED + i; the paper's 100)
-    workers: int = 2  # CPU processes for data collection and evaluation
+    jobs: int = 2  # rows (task, policy, seed: training + evaluation) at once, each in its own process (1: in this one)
+    workers: int = 2  # CPU processes for data collection, and for evaluation with --jobs 1
     threads: int = 1  # torch threads for training
     device: str = "cpu"  # training device ("cuda": the dataset moves there too); evaluation runs on the CPU beside the envs
     out: str = "outputs/benchmarks"
@@ -122,6 +127,37 @@ def check(args: Args) -> str | None:
 def make_actor(task: str, memory: str, args: Args, data=None):
     return make_mikasa_actor(task, memory, obs=args.obs, data=data, preset=args.preset, width=args.width,
                              detach_memory=args.detach_memory, image_size=args.image_size, proprio=args.proprio)
+
+
+def dataset(task: str, args: Args, progress: bool = True):
+    """The task's oracle episodes as the policies see them (built on the first call, then read from ``--cache``)."""
+    return make_mikasa_dataset(task, args.episodes, image_size=args.image_size, workers=args.workers, cache_dir=args.cache,
+                               progress=args.progress and progress, cues_per_layout=cues_per_layout(task, args),
+                               action_noise=action_noise(task, args), obs_mode=args.obs)
+
+
+def compute_row(task: str, memory: str, seed: int | None, args: Args, ctx: DistributedContext | None = None,
+                data=None) -> dict | None:
+    """One row: the oracle's success (``memory="oracle"``) or a policy trained and evaluated (:func:`run_policy`).
+    Without ``ctx``, a job of its own process (``--jobs``): ``--threads`` torch threads, the dataset read from the
+    cache, the evaluation in this process, no progress bars (the caller shows one over the rows)."""
+    if ctx is None:
+        torch.set_num_threads(args.threads)
+        args = dataclasses.replace(args, workers=1, progress=False)
+        ctx = DistributedContext(device=torch.device(args.device))
+    if memory == "oracle":
+        return {"success": oracle_eval_success(task, args.eval_episodes)} if ctx.is_main else None
+    return run_policy(task, memory, seed, dataset(task, args) if data is None else data, args, ctx)
+
+
+def report(row: dict) -> None:
+    """One line per finished row."""
+    if row["policy"] == "oracle":
+        print(f"  {row['task']:20s} oracle success {row['success']:.2f}", flush=True)
+        return
+    cue = f"; cue effect {row['cue_effect']:.3f} on a reach of {row['reach_action']:.3f}" if "cue_effect" in row else ""
+    print(f"  {row['task']:20s} {row['policy']:6s} seed {row['seed']} success {row['success']:.2f} ({row['successes']}/"
+          f"{row['episodes']}; train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.0f} s{cue})", flush=True)
 
 
 def run_policy(task: str, memory: str, seed: int, data, args: Args, ctx: DistributedContext) -> dict | None:
@@ -213,29 +249,32 @@ def main() -> None:
     log = main_first(ctx, lambda: RowLog(Path(args.out) / "mikasa_robo.rows.jsonl", key=("task", "policy", "seed", "config"),
                                          fresh=args.restart and ctx.is_main))
     config = row_config(args)
-    rows, oracle = [], {}
-    for task in args.tasks:
-        data = main_first(ctx, lambda: make_mikasa_dataset(  # rank 0 builds (or loads) the cached dataset, the others load it
-            task, args.episodes, image_size=args.image_size, workers=args.workers, cache_dir=args.cache,
-            progress=args.progress and ctx.is_main, cues_per_layout=cues_per_layout(task, args),
-            action_noise=action_noise(task, args), obs_mode=args.obs))
-        if ctx.is_main:
-            oracle[task] = log.get_or_add(lambda: {"success": oracle_eval_success(task, args.eval_episodes)},
-                                          task=task, policy="oracle", seed=None, config=config)[0]["success"]
-        for seed in args.seeds:
-            for memory in args.policies:  # every rank trains what is not recorded; rank 0 records and reports
-                row, _ = log.get_or_add(lambda: run_policy(task, memory, seed, data, args, ctx),
-                                        task=task, policy=memory, seed=seed, config=config)
-                if not ctx.is_main:
-                    continue
-                rows.append({k: v for k, v in row.items() if k != "config"})
-                cue = (f"; cue effect {row['cue_effect']:.3f} on a reach of {row['reach_action']:.3f}"
-                       if "cue_effect" in row else "")
-                print(f"  {task:20s} {memory:6s} seed {seed} success {row['success']:.2f} ({row['successes']}/"
-                      f"{row['episodes']}; oracle {oracle[task]:.2f}; train {row['train_seconds']:.0f} s, eval "
-                      f"{row['eval_seconds']:.0f} s{cue})", flush=True)
+    if ctx.distributed and args.jobs > 1:
+        raise SystemExit(f"mikasa_robo: --jobs must be 1 under torchrun (its ranks train each policy together, DDP), "
+                         f"received {args.jobs}")
+    datasets = {task: main_first(ctx, lambda: dataset(task, args, ctx.is_main)) for task in args.tasks}  # built or loaded
+    work = [(task, "oracle", None) for task in args.tasks]
+    work += [(task, memory, seed) for task in args.tasks for seed in args.seeds for memory in args.policies]
+    if args.jobs == 1:  # one row after another here (every torchrun rank trains what is not recorded; rank 0 records)
+        for task, memory, seed in work:
+            row, recorded = log.get_or_add(lambda: compute_row(task, memory, seed, args, ctx, datasets[task]),
+                                           task=task, policy=memory, seed=seed, config=config)
+            if ctx.is_main and not recorded:
+                report(row)
+    else:  # --jobs at a time, each in a process of its own, recorded as each finishes
+        missing = [job for job in work if log.get(task=job[0], policy=job[1], seed=job[2], config=config) is None]
+        bar = tqdm(total=len(missing), desc=f"rows ({args.jobs} processes)", disable=not args.progress, dynamic_ncols=True)
+        for (task, memory, seed), row in in_processes(compute_row, missing, args.jobs, args):
+            log.add({**row, "task": task, "policy": memory, "seed": seed, "config": config})
+            bar.update(1)
+            report(row | {"task": task, "policy": memory, "seed": seed})
+        bar.close()
     if not ctx.is_main:
         return shutdown(ctx)
+    recorded = {(r["task"], r["policy"], r["seed"]): r for r in (log.get(task=t, policy=m, seed=s, config=config)
+                                                                  for t, m, s in work) if r is not None}
+    oracle = {task: recorded[task, "oracle", None]["success"] for task in args.tasks if (task, "oracle", None) in recorded}
+    rows = [{k: v for k, v in recorded[job].items() if k != "config"} for job in work if job[1] != "oracle"]
     summary = summarise(rows, args.tasks, args.policies, oracle)
     notes = f" (each layout with {args.cues_per_layout} cue colours)" if args.cues_per_layout > 1 else ""
     if args.action_noise:

@@ -255,8 +255,9 @@ def test_benchmark_rejects_unknown_task():
 @needs_render
 def test_benchmark_visible_state_records_rows_and_a_rerun_skips_them(tmp_path):
     """The default observation end to end at a tiny size, two training seeds: the paper-form table (mean ± std
-    over seeds, the paper's pixel numbers beside), every file, and a second run of the same command that
-    trains nothing (the rows come back from <out>/mikasa_robo.rows.jsonl as they were)."""
+    over seeds, the paper's pixel numbers beside), every file, a second run of the same command that
+    trains nothing (the rows come back from <out>/mikasa_robo.rows.jsonl as they were), and the same rows
+    from --jobs 1."""
     from test_tutorials import run_script
 
     flags = ["--tasks", "RememberColor3-v0", "--episodes", "2", "--steps", "2", "--batch", "1", "--eval-episodes", "1",
@@ -275,6 +276,12 @@ def test_benchmark_visible_state_records_rows_and_a_rerun_skips_them(tmp_path):
     assert "± " in (tmp_path / "out" / "mikasa_robo.md").read_text()
     again = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, timeout=600)[-1])
     assert again["rows"] == first["rows"]  # train and eval seconds included: nothing ran again
+    # the rows ran two at a time in processes of their own (--jobs 2, the default); one after another in this
+    # process they are the same to the bit, but for the seconds
+    flags[flags.index("--out") + 1] = str(tmp_path / "one")
+    serial = json.loads(run_script("benchmarks/mikasa_robo.py", *flags, "--jobs", "1", timeout=600)[-1])
+    untimed = [[{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in run["rows"]] for run in (first, serial)]
+    assert untimed[0] == untimed[1]
 
 
 @pytest.mark.slow  # the pixel benchmark end to end (~80 s); its parts have their own tests

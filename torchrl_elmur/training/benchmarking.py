@@ -1,15 +1,19 @@
 """What the benchmark scripts (``benchmarks/``) share: timing (interleaved medians, ELMUR's step path and its
-window-recompute floor), the machine's description, tables (text and Markdown), CSV, reports and plots."""
+window-recompute floor), the machine's description, tables (text and Markdown), CSV, reports and plots,
+the rows a long benchmark has finished (:class:`RowLog`) and its jobs run in processes of their own
+(:func:`in_processes`)."""
 from __future__ import annotations
 
 import csv
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -248,3 +252,34 @@ class RowLog:
             f.flush()
             os.fsync(f.fileno())
         self.rows[tuple(row.get(k) for k in self.key)] = row
+
+
+def in_processes(fn: Callable, jobs: Sequence[tuple], processes: int, *common) -> Iterator[tuple[tuple, object]]:
+    """``fn(*job, *common)`` for every job, ``processes`` at a time, each in a spawned process (fresh
+    interpreters: nothing of this one's state, threads or CUDA context is inherited); yields
+    ``(job, result)`` as each job finishes, in the order they finish. ``fn``, the jobs and ``common``
+    must pickle (``fn`` a module-level function; a script's own functions pickle too, under its
+    ``if __name__ == "__main__":`` guard).
+
+    An error in any job ends the others at once (their processes are terminated) and is raised
+    here; a process that dies (a kill, out of memory) raises
+    :class:`~concurrent.futures.process.BrokenProcessPool`. Nothing waits for ever.
+    """
+    if processes < 1:
+        raise ValueError(f"in_processes: processes must be >= 1, received {processes}.")
+    if not jobs:
+        return
+    pool = ProcessPoolExecutor(min(processes, len(jobs)), mp_context=mp.get_context("spawn"))
+    finished = False
+    try:
+        running = {pool.submit(fn, *job, *common): job for job in jobs}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield running.pop(future), future.result()  # a job's error is raised here
+        finished = True
+    finally:
+        if not finished:  # an error, or the caller stopped early: end the other jobs now, not when they finish
+            for process in list((getattr(pool, "_processes", None) or {}).values()):  # (the executor has no public kill)
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)

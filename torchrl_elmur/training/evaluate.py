@@ -136,12 +136,13 @@ def mikasa_success(policy: TensorDictModuleBase, task: str, episodes: int, *, ob
                    workers: int = 1, progress: bool = False, desc: str = "eval") -> torch.Tensor:
     """Greedy ``success_once`` (bool ``[episodes]``) of ``policy`` on a MIKASA-Robo task, episode ``i``
     on seed ``EVAL_SEED + i`` (disjoint from every dataset's), in a ``ParallelEnv`` of ``workers``
-    CPU processes (worker ``w`` plays seeds ``EVAL_SEED + w, + w + workers, ...``), observing
-    ``obs_mode`` (``"rgb"`` at ``image_size``, or ``"visible_state"``). Episodes end at their first
-    success (``terminate_on_success``): nothing after it changes ``success_once``."""
+    CPU processes (worker ``w`` plays seeds ``EVAL_SEED + w, + w + workers, ...``; ``workers=1``: a
+    ``SerialEnv`` in this process, with no process to start), observing ``obs_mode`` (``"rgb"`` at
+    ``image_size``, or ``"visible_state"``). Episodes end at their first success
+    (``terminate_on_success``): nothing after it changes ``success_once``."""
     import functools
 
-    from torchrl.envs import ParallelEnv
+    from torchrl.envs import ParallelEnv, SerialEnv
 
     from ..data.storage import EVAL_SEED
     from ..envs.mikasa_env import episode_length, make_mikasa_env
@@ -151,7 +152,7 @@ def mikasa_success(policy: TensorDictModuleBase, task: str, episodes: int, *, ob
     make = [functools.partial(make_mikasa_env, task, obs_mode=obs_mode, image_size=image_size, seed=EVAL_SEED + w,
                               seed_stride=workers, terminate_on_success=True) for w in range(workers)]
     threads = torch.get_num_threads()  # ParallelEnv changes this process's threads when it starts and closes
-    env = ParallelEnv(workers, make, mp_start_method="spawn", num_threads=threads)
+    env = SerialEnv(1, make) if workers == 1 else ParallelEnv(workers, make, mp_start_method="spawn", num_threads=threads)
     try:
         outcomes = episode_outcomes(policy, env, per_worker, max_steps=per_worker * episode_length(task) + 1,
                                     progress=progress, desc=desc)
