@@ -46,6 +46,6 @@ $PY -c "from torchrl_elmur.envs.mikasa_env import render_device_error as e; impo
 # Workers: one CPU-physics process per core but two (the main process trains on the GPU).
 workers=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 ))
 timeout 500 $PY benchmarks/mikasa_robo.py --obs rgb --seeds 0 --tasks RememberColor3-v0 --episodes "${EPISODES:-1000}" --image-size 128 \
-  --preset paper --device cuda --steps "${STEPS:-1500}" --batch 64 --eval-episodes 100 --workers "$workers" \
+  --preset paper --device cuda --steps "${STEPS:-1500}" --batch 64 --eval-episodes 100 --jobs 1 --workers "$workers" \
   --threads 4 --out "$out" --cache /tmp/mikasa_cache --no-progress 2>&1 | grep -v -e Warning -e 'warnings.warn' | tee "$out/mikasa_robo.log"
 echo "exit ${PIPESTATUS[0]}"

@@ -5,9 +5,10 @@ what a policy may see, then per policy and training seed the same recipe on the 
 data (``fit_bc``: AdamW, whole episodes as rows, MSE on the actions), then ``--eval-episodes`` greedy
 episodes in the real env on seeds disjoint from the data's (``EVAL_SEED`` on), scored by
 ``success_once`` (``mikasa_success``). The oracle is scored on the same seeds. ``--jobs`` rows (a
-task, policy and seed: its training and evaluation) run at once, each in a process of its own with
-1 torch thread, its evaluation in that process; ``--jobs 1``: one after another in this process,
-each evaluation over ``--workers`` env processes.
+task, policy and seed: its training and evaluation) run at once in ``--jobs`` processes with
+``--threads`` torch threads each, a row's evaluation in the process that trained it; ``--jobs 1``
+(a GPU's run, and under torchrun): one after another in this process, each evaluation over
+``--workers`` env processes.
 
 What the policies see (``--obs``):
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -80,7 +82,7 @@ class Args:
     eval_episodes: int = 100  # evaluation episodes per task, policy and seed (seeds EVAL_SEED + i; the paper's 100)
     jobs: int = 2  # rows (task, policy, seed: training + evaluation) at once, each in its own process (1: in this one)
     workers: int = 2  # CPU processes for data collection, and for evaluation with --jobs 1
-    threads: int = 1  # torch threads for training
+    threads: int = 1  # torch threads for training (and, with --jobs > 1, for each row's evaluation)
     device: str = "cpu"  # training device ("cuda": the dataset moves there too); evaluation runs on the CPU beside the envs
     out: str = "outputs/benchmarks"
     cache: str = "outputs/cache/mikasa"  # where the datasets are stored
@@ -94,6 +96,8 @@ def check(args: Args) -> str | None:
     error = error or range_error(args, eval_episodes="[1, inf)")  # stricter than COMMON_RANGES' [0, inf)
     if error:
         return error
+    if args.jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"--jobs must be 1 under torchrun (its ranks train each policy together, DDP), received {args.jobs}"
     if not args.seeds or len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         return f"--seeds: expected distinct integers >= 0, received {args.seeds}"
     if not args.decision_weight > 0:
@@ -249,9 +253,6 @@ def main() -> None:
     log = main_first(ctx, lambda: RowLog(Path(args.out) / "mikasa_robo.rows.jsonl", key=("task", "policy", "seed", "config"),
                                          fresh=args.restart and ctx.is_main))
     config = row_config(args)
-    if ctx.distributed and args.jobs > 1:
-        raise SystemExit(f"mikasa_robo: --jobs must be 1 under torchrun (its ranks train each policy together, DDP), "
-                         f"received {args.jobs}")
     datasets = {task: main_first(ctx, lambda: dataset(task, args, ctx.is_main)) for task in args.tasks}  # built or loaded
     work = [(task, "oracle", None) for task in args.tasks]
     work += [(task, memory, seed) for task in args.tasks for seed in args.seeds for memory in args.policies]

@@ -255,15 +255,16 @@ class RowLog:
 
 
 def in_processes(fn: Callable, jobs: Sequence[tuple], processes: int, *common) -> Iterator[tuple[tuple, object]]:
-    """``fn(*job, *common)`` for every job, ``processes`` at a time, each in a spawned process (fresh
-    interpreters: nothing of this one's state, threads or CUDA context is inherited); yields
-    ``(job, result)`` as each job finishes, in the order they finish. ``fn``, the jobs and ``common``
-    must pickle (``fn`` a module-level function; a script's own functions pickle too, under its
-    ``if __name__ == "__main__":`` guard).
+    """``fn(*job, *common)`` for every job, ``processes`` at a time, in spawned processes (fresh
+    interpreters: nothing of this one's state, threads or CUDA context is inherited; each runs
+    several jobs in turn, so a job must set what it depends on, e.g. its seed); yields
+    ``(job, result)`` as each job finishes, in the order they finish. ``fn``, the jobs and
+    ``common`` must pickle (``fn`` a module-level function; a script's own functions pickle too,
+    under its ``if __name__ == "__main__":`` guard).
 
-    An error in any job ends the others at once (their processes are terminated) and is raised
-    here; a process that dies (a kill, out of memory) raises
-    :class:`~concurrent.futures.process.BrokenProcessPool`. Nothing waits for ever.
+    An error in a job is raised here once the jobs finished with it have been yielded; the other
+    jobs end at once (their processes are terminated, killed if they do not stop). A process that
+    dies (a kill, out of memory) raises :class:`~concurrent.futures.process.BrokenProcessPool`.
     """
     if processes < 1:
         raise ValueError(f"in_processes: processes must be >= 1, received {processes}.")
@@ -275,11 +276,20 @@ def in_processes(fn: Callable, jobs: Sequence[tuple], processes: int, *common) -
         running = {pool.submit(fn, *job, *common): job for job in jobs}
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
+            failed = [future for future in done if future.exception() is not None]
             for future in done:
-                yield running.pop(future), future.result()  # a job's error is raised here
+                if future not in failed:
+                    yield running.pop(future), future.result()
+            if failed:
+                failed[0].result()  # raises the job's error
         finished = True
     finally:
         if not finished:  # an error, or the caller stopped early: end the other jobs now, not when they finish
-            for process in list((getattr(pool, "_processes", None) or {}).values()):  # (the executor has no public kill)
+            workers = list((getattr(pool, "_processes", None) or {}).values())  # (the executor has no public kill)
+            for process in workers:
                 process.terminate()
+            for process in workers:
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
         pool.shutdown(wait=True, cancel_futures=True)
