@@ -92,6 +92,8 @@ def test_one_query_memory_read_equals_the_formula_and_the_fused_path():
             out[b, h] = (torch.softmax(scores, 0)[:, None] * v[:, hs]).sum(0)
     torch.testing.assert_close(got, att.out(out.reshape(2, 1, 8)), rtol=0, atol=1e-12)
     torch.testing.assert_close(got, att(queries, keys, gap, table)[:, :1], rtol=0, atol=1e-12)
+    folded = att.fold_keys(att.kv(keys))  # the keys folded into the projections: the same read
+    torch.testing.assert_close(att(queries[:, :1], None, gap[:, :1], table, folded), got, rtol=0, atol=1e-12)
 
 
 def module_rollout(module, x, is_init, inplace):

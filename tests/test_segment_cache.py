@@ -33,9 +33,20 @@ def one_step(module, td):
         return module(td.clone())
 
 
-def test_steps_equal_recurrent_mode_and_the_cache_layout_with_resets():
+FORMS = [(True, True), (False, False), (True, False), (False, True)]  # the step constants' forms: positions, read folded
+
+
+def with_forms(module, forms):
+    """``module`` with its step constants in these forms (make_module's config folds both)."""
+    module.backbone.folds_positions, module.backbone.folds_read = forms
+    return module
+
+
+@pytest.mark.parametrize("forms", FORMS)
+def test_steps_equal_recurrent_mode_and_the_cache_layout_with_resets(forms):
     obs, is_init = data()
-    m = make_module()
+    m = with_forms(make_module(), forms)
+    assert (m.backbone.folds_positions, m.backbone.folds_read) == forms
     with torch.no_grad():
         y_step, _ = step_by_step(m, obs, is_init)
         y_cache, _ = step_by_step(make_module(state_layout="cache"), obs, is_init)
@@ -83,13 +94,13 @@ def test_missing_cache_after_pickle_and_copy_is_rebuilt():
             assert other._segment_cache.rebuilt_rows == 3
 
 
-def continue_after(change, T=8):
+def continue_after(change, T=8, forms=(True, True)):
     """Step 4 steps (p = 1: one earlier token in the segment cache), apply ``change(module, td)``
     (it may return a new tensordict), then continue both the module and a copy of it that never
     saw the earlier steps (pickled: the weights after the change, no cache). Returns the module
     and the two outputs."""
     obs, is_init = data(T=T)
-    m = make_module()
+    m = with_forms(make_module(), forms)
     with torch.no_grad():
         _, td = step_by_step(m, obs[:, :4], is_init[:, :4])
         edited = change(m, td)
@@ -121,13 +132,31 @@ def nudge_the_relative_keys(m, td):  # the position projection: its keys are kep
     m.backbone.layers[1].self_attn.r_proj.weight.data[0, 4] += 1e-3
 
 
+def nudge_the_query_projection(m, td):  # folded with the relative keys into the kept position projection
+    m.backbone.layers[0].self_attn.qkv.weight.data[1, 2] += 1e-3
+
+
+def nudge_the_position_bias(m, td):  # folded with the relative keys too
+    m.backbone.v.data[1, 0] += 1e-3
+
+
+def nudge_the_read_query(m, td):  # folded with the memory's keys into the kept read
+    m.backbone.layers[1].read.q.weight.data[3, 0] += 1e-3
+
+
+def nudge_the_read_output(m, td):  # folded with the memory's values into the kept read
+    m.backbone.layers[0].read.out.weight.data[0, 3] += 1e-3
+
+
+@pytest.mark.parametrize("forms", FORMS)
 @pytest.mark.parametrize("change", [scale_through_data, nudge_one_token_path_weight, swap_in_new_weights,
-                                    nudge_the_read_keys, nudge_the_relative_keys])
-def test_weight_updates_take_effect_on_the_next_step(change):
+                                    nudge_the_read_keys, nudge_the_relative_keys, nudge_the_query_projection,
+                                    nudge_the_position_bias, nudge_the_read_query, nudge_the_read_output])
+def test_weight_updates_take_effect_on_the_next_step(change, forms):
     """Weights written where no version counter sees it (``.data``, as TorchRL's weight updaters and
     another process's shared-memory writes) or swapped in: the next step uses them for the whole
-    segment, as a module that never saw the old weights does."""
-    m, got, expected = continue_after(change)
+    segment, as a module that never saw the old weights does, whichever form the kept constants take."""
+    m, got, expected = continue_after(change, forms=forms)
     assert m._segment_cache.rebuilt_rows == 3
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
@@ -282,4 +311,14 @@ def test_inference_mode_then_no_grad_with_read_keys_kept_under_inference_mode():
     with torch.no_grad():
         expected, _ = step_by_step(make_module(), obs[:, 4:], is_init[:, 4:], state=td.clone())
         got, _ = step_by_step(m, obs[:, 4:], is_init[:, 4:], state=td.clone())  # row 0 resets at t = 5
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def switch_the_constant_forms(m, td):  # kept constants of the other forms are not used: the step starts afresh
+    m.backbone.folds_positions = m.backbone.folds_read = False
+
+
+def test_a_switch_of_the_constant_forms_starts_afresh():
+    m, got, expected = continue_after(switch_the_constant_forms)
+    assert m._segment_cache.rebuilt_rows == 3
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

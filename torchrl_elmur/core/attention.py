@@ -11,6 +11,7 @@ K segment length, M memory slots, G time-gap clip.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,23 @@ def sinusoid_embedding(distances: Tensor, dim: int) -> Tensor:
 RelativeGeometry = tuple[Tensor, Tensor]  # (index, blocked), see relative_geometry
 
 
+class FoldedPositions(NamedTuple):
+    """A self-attention's query, key and value projection extended by its position scores
+    (:meth:`RelativeSelfAttention.fold_positions`): ``F.linear(x, weight, bias)`` is
+    ``[q, k, v, pos]`` with ``pos [H * K]`` the scores ``(q_h + v_bias_h) . r_{h, delta}`` by distance."""
+
+    weight: Tensor  # [3D + H*K, D]
+    bias: Tensor  # [3D + H*K] (zero for q, k, v)
+
+
+class FoldedRead(NamedTuple):
+    """A cross-attention's keys folded into its query and output projections, for one query per
+    row over fixed keys (:meth:`TimeGapCrossAttention.fold_keys`)."""
+
+    scores: Tensor  # [B, D, S*H]: x @ scores = the scores of query x over the S keys and H heads (scaled by 1/sqrt(d))
+    values: Tensor  # [B, S*H, D]: each key's value through its head's block of the output projection
+
+
 class RelativeSelfAttention(nn.Module):
     """Causal multi-head self-attention with Transformer-XL relative positions.
 
@@ -92,6 +110,37 @@ class RelativeSelfAttention(nn.Module):
         """``x [B, n, D]`` -> queries, keys, values, each ``[B, n, D]``."""
         return self.qkv(x).chunk(3, dim=-1)
 
+    def fold_positions(self, r: Tensor, v_bias: Tensor) -> FoldedPositions:
+        """The projection that gives a token's position scores with its queries, keys and values.
+
+        The position score of head ``h`` at distance ``delta`` is
+        ``(q_h + v_bias_h) . r_{h,delta} = x . (W_q,h^T r_{h,delta}) + v_bias_h . r_{h,delta}`` for
+        ``q = W_q x``: a linear function of ``x``, so its rows join the ``qkv`` projection. One matmul
+        per token then replaces a projection and a per-head product (``H*K*D`` more multiply-adds:
+        worth it where ``H*K`` is small beside ``D``, see :attr:`~torchrl_elmur.core.ELMURBackbone.folds_positions`).
+
+        Args:
+            r: :meth:`relative_keys` ``[H, K, d]``; v_bias: ``[H, d]``.
+
+        Returns:
+            :class:`FoldedPositions`, for :meth:`attend_one`'s ``pos``:
+            ``q, k, v, pos = F.linear(x, *folded).split([D, D, D, H*K], -1)``.
+
+        Examples:
+            >>> att = RelativeSelfAttention(4, 2, 3, 0.0)
+            >>> r, v_bias, x = att.relative_keys(torch.float32)[0], torch.randn(2, 2), torch.randn(1, 4)
+            >>> *_, pos = F.linear(x, *att.fold_positions(r, v_bias)).split([4, 4, 4, 6], -1)
+            >>> q = att.project(x)[0].view(1, 2, 2)
+            >>> torch.allclose(pos.view(1, 2, 3), torch.einsum("bhd,hkd->bhk", q + v_bias, r), atol=1e-6)
+            True
+        """
+        h, k, d = r.shape
+        w_q = self.qkv.weight[: h * d].view(h, d, -1)  # [H, d, D]
+        weight = torch.einsum("hdi,hkd->hki", w_q, r).reshape(h * k, -1)  # [H*K, D]
+        bias = torch.einsum("hd,hkd->hk", v_bias, r).reshape(h * k)
+        qkv = self.qkv.weight
+        return FoldedPositions(torch.cat([qkv, weight]), torch.cat([bias.new_zeros(qkv.shape[0]), bias]))
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, geometry: RelativeGeometry, u: Tensor, v_bias: Tensor,
                position_mask: Tensor | None = None) -> Tensor:
         """Attention of ``n`` queries over the ``S`` keys of their segment so far.
@@ -122,7 +171,7 @@ class RelativeSelfAttention(nn.Module):
 
     def attend_one(self, q: Tensor, k: Tensor, v: Tensor, cache_k: Tensor, cache_v: Tensor, distance: Tensor,
                    unseen: Tensor, u: Tensor, v_bias: Tensor, position_mask: Tensor | None = None,
-                   r: Tensor | None = None) -> Tensor:
+                   r: Tensor | None = None, pos: Tensor | None = None) -> Tensor:
         """:meth:`attend` for one new token per row (the streaming step): the same scores, over the
         segment's earlier tokens (read from the cache where they are, not copied into it first)
         and the token itself, as elementwise products instead of batched matmuls (one query per
@@ -140,21 +189,24 @@ class RelativeSelfAttention(nn.Module):
             u, v_bias, position_mask: as in :meth:`attend`.
             r: :meth:`relative_keys` ``[H, K, d]`` if the caller has it (it changes only with the
                 weights, see :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants`); else computed here.
+            pos: the position scores by distance ``[B, H, K]`` if the caller has them (from the
+                projection of :meth:`fold_positions`); then ``r`` and ``v_bias`` are not read.
 
         Returns:
             ``[B, D]`` (after the output projection).
         """
         b, h, K = q.shape[0], self.num_heads, cache_k.shape[2]
         qh, kh, vh = q.view(b, h, -1), k.view(b, h, -1), v.view(b, h, -1)  # [B, H, d]
-        if r is None:
-            r = self.relative_keys(q.dtype, position_mask)[0]  # [H, K, d], by distance
-        pos = torch.einsum("bhd,hkd->bhk", qh + v_bias, r)  # [B, H, K] position score by distance
+        if pos is None:
+            if r is None:
+                r = self.relative_keys(q.dtype, position_mask)[0]  # [H, K, d], by distance
+            pos = torch.einsum("bhd,hkd->bhk", qh + v_bias, r)  # [B, H, K] position score by distance
         qu = (qh + u).unsqueeze(2)  # [B, H, 1, d]
         earlier_scores = (qu * cache_k).sum(-1) + torch.gather(pos, -1, distance.unsqueeze(1).expand(b, h, K))
         own_score = (qu[:, :, 0] * kh).sum(-1, keepdim=True) + pos[..., :1]  # [B, H, 1]: distance 0
         scores = torch.cat([earlier_scores.masked_fill(unseen, float("-inf")), own_score], -1) / math.sqrt(qh.shape[-1])
         probs = torch.softmax(scores, -1)  # [B, H, K + 1]
-        if self.training:
+        if self.training and self.attn_dropout > 0:
             probs = F.dropout(probs, self.attn_dropout)
         out = (probs[..., :K, None] * cache_v).sum(-2) + probs[..., K:] * vh  # [B, H, d]
         return self.out(out.reshape(b, -1))
@@ -210,13 +262,16 @@ class TimeGapCrossAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model, bias=out_bias)
         self.attn_dropout = attn_dropout
 
-    def forward(self, queries: Tensor, keys: Tensor, gap: Tensor, gap_table: Tensor, kv: Tensor | None = None) -> Tensor:
+    def forward(self, queries: Tensor, keys: Tensor | None, gap: Tensor, gap_table: Tensor,
+                kv: Tensor | FoldedRead | None = None) -> Tensor:
         """Args:
-            queries: ``[B, n, D]``; keys: ``[B, S, D]`` (keys and values come from the same vectors).
+            queries: ``[B, n, D]``; keys: ``[B, S, D]`` (keys and values come from the same vectors;
+                not read when ``kv`` is given).
             gap: int64 time gaps ``[B, n, S]``, clipped here to the table.
             gap_table: ``[2G-1, H]`` learned bias.
-            kv: ``self.kv(keys)`` ``[B, S, 2D]`` if the caller has it (one query per row only: the
-                streaming step's read, whose keys, the memory, are frozen inside a segment).
+            kv: for one query per row only (the streaming step's read, whose keys, the memory, are
+                frozen inside a segment), what the caller kept of the keys: ``self.kv(keys)``
+                ``[B, S, 2D]``, or :meth:`fold_keys` of it.
 
         Returns:
             ``[B, n, D]``.
@@ -224,10 +279,12 @@ class TimeGapCrossAttention(nn.Module):
         h = self.num_heads
         max_gap = (gap_table.shape[0] - 1) // 2
         bias = gap_table[gap.clamp(-max_gap, max_gap) + max_gap]  # [B, n, S, H]
+        if kv is not None and queries.shape[1] != 1:
+            raise ValueError(f"TimeGapCrossAttention: kv is for one query per row, received {queries.shape[1]} queries.")
+        if isinstance(kv, FoldedRead):
+            return self._attend_folded(queries, kv, bias)
         if queries.shape[1] == 1:  # one query per row (the streaming step): see _attend_one
             return self.out(self._attend_one(queries, self.kv(keys) if kv is None else kv, bias))
-        if kv is not None:
-            raise ValueError(f"TimeGapCrossAttention: kv is for one query per row, received {queries.shape[1]} queries.")
         qh = split_heads(self.q(queries), h)  # [B, H, n, d]
         kh, vh = (split_heads(t, h) for t in self.kv(keys).chunk(2, dim=-1))  # [B, H, S, d]
         y = F.scaled_dot_product_attention(
@@ -247,6 +304,47 @@ class TimeGapCrossAttention(nn.Module):
         kh, vh = (t.unflatten(-1, (h, -1)) for t in kv.chunk(2, dim=-1))  # [B, S, H, d]
         scores = (qh * kh).sum(-1) / math.sqrt(qh.shape[-1]) + bias[:, 0]  # [B, S, H]
         probs = torch.softmax(scores, 1)
-        if self.training:
+        if self.training and self.attn_dropout > 0:
             probs = F.dropout(probs, self.attn_dropout)
         return (probs.unsqueeze(-1) * vh).sum(1).view(b, 1, -1)  # [B, H, d] -> [B, 1, D]
+
+    def fold_keys(self, kv: Tensor) -> FoldedRead:
+        """Fixed keys folded into the query and output projections (``kv = self.kv(keys)`` ``[B, S, 2D]``).
+
+        For a query token ``x``, head ``h`` and key ``s``: the score
+        ``(W_q x)_h . k_{s,h} / sqrt(d) = x . (W_q,h^T k_{s,h}) / sqrt(d)`` and the output
+        ``W_o concat_h(sum_s p_{s,h} v_{s,h}) = sum_{s,h} p_{s,h} (W_o,h v_{s,h})`` (+ the output bias),
+        ``W_q,h`` / ``W_o,h`` the head's rows of ``W_q`` / columns of ``W_o``. With the keys fixed
+        (the streaming step's memory, inside a segment) a read is then two batched matmuls and a
+        softmax (:meth:`forward` with ``kv=``): ``2 S H D`` multiply-adds per query against the
+        ``2 D^2 + 2 S D`` of the projections and products, for ``2 S D^2`` more once per set of
+        keys (when that pays: :attr:`~torchrl_elmur.core.ELMURBackbone.folds_read`).
+
+        Examples:
+            >>> att = TimeGapCrossAttention(8, 2, 0.0).eval()
+            >>> x, keys, gap, table = torch.randn(3, 1, 8), torch.randn(3, 4, 8), torch.zeros(3, 1, 4, dtype=torch.long), torch.randn(5, 2)
+            >>> folded = att.fold_keys(att.kv(keys))
+            >>> [list(t.shape) for t in folded]                     # [B, D, S*H], [B, S*H, D]
+            [[3, 8, 8], [3, 8, 8]]
+            >>> torch.allclose(att(x, None, gap, table, folded), att(x, keys, gap, table), atol=1e-6)
+            True
+        """
+        b, s, _ = kv.shape
+        h = self.num_heads
+        k, v = (t.unflatten(-1, (h, -1)) for t in kv.chunk(2, dim=-1))  # [B, S, H, d]
+        d = k.shape[-1]
+        scores = torch.einsum("bshd,hdi->bish", k, self.q.weight.view(h, d, -1)) / math.sqrt(d)  # [B, D, S, H]
+        values = torch.einsum("bshd,ihd->bshi", v, self.out.weight.view(-1, h, d))  # [B, S, H, D]
+        return FoldedRead(scores.reshape(b, -1, s * h), values.reshape(b, s * h, -1))
+
+    def _attend_folded(self, queries: Tensor, folded: FoldedRead, bias: Tensor) -> Tensor:
+        """:meth:`forward` of one query per row (``queries [B, 1, D]``, ``bias [B, 1, S, H]``) over
+        folded keys (:meth:`fold_keys`), the output projection included: ``[B, 1, D]``."""
+        b, _, s, h = bias.shape
+        scores = torch.baddbmm(bias.reshape(b, 1, s * h), queries, folded.scores)  # [B, 1, S*H]
+        probs = torch.softmax(scores.view(b, s, h), 1)
+        if self.training and self.attn_dropout > 0:
+            probs = F.dropout(probs, self.attn_dropout)
+        if self.out.bias is None:
+            return torch.bmm(probs.view(b, 1, s * h), folded.values)
+        return torch.baddbmm(self.out.bias.expand(b, 1, -1), probs.view(b, 1, s * h), folded.values)

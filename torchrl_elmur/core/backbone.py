@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ELMURConfig
-from .attention import merge_heads, relative_geometry, split_heads
+from .attention import FoldedPositions, FoldedRead, merge_heads, relative_geometry, split_heads
 from .feedforward import MoEFeedForward
 from .layer import ELMURLayer, make_norm
 from .lru import lru_commit
@@ -38,10 +38,21 @@ from .stepping import Stepping
 
 
 class StepConstants(NamedTuple):
-    """What :meth:`ELMURBackbone.step_constants` returns."""
+    """What :meth:`ELMURBackbone.step_constants` returns (the forms depend on the backbone's
+    :attr:`~ELMURBackbone.folds_positions` and :attr:`~ELMURBackbone.folds_read`)."""
 
-    rel: Tensor  # [L, H, K, d]: each layer's relative keys (change with the weights)
-    read_kv: Tensor  # [B, L, M, 2D]: each layer's read keys and values of its memory (change at a commit)
+    positions: Tensor | FoldedPositions  # change with the weights: each layer's relative keys [L, H, K, d], or
+    # its qkv projection extended by the position scores (weight [L, 3D + H*K, D], bias [L, 3D + H*K])
+    read: Tensor | FoldedRead  # change at a commit (and with the weights): each layer's read keys and values of its
+    # memory [B, L, M, 2D], or those keys folded into the read's projections (scores [B, L, D, M*H], values [B, L, M*H, D])
+
+
+def layer_constants(constants: Tensor | FoldedPositions | FoldedRead | None, i: int, batched: bool):
+    """Layer ``i``'s part of a :class:`StepConstants` field (``batched``: its dim 0 is the batch, the layers dim 1)."""
+    if constants is None:
+        return None
+    pick = (lambda t: t[:, i]) if batched else (lambda t: t[i])
+    return type(constants)(*map(pick, constants)) if isinstance(constants, tuple) else pick(constants)
 
 
 class ELMURBackbone(Stepping, nn.Module):
@@ -52,6 +63,12 @@ class ELMURBackbone(Stepping, nn.Module):
 
     Shapes: tokens ``[B, T, config.token_size]`` (sequence) or ``[B, token_size]`` (step);
     outputs ``[B, T, D]`` / ``[B, D]``; state: :class:`ELMURState`.
+
+    Attributes:
+        folds_read, folds_positions: whether :meth:`step_constants` fold the memory's keys into the
+            read's projections (``M H + M D / K < D + M``) and the position scores into the self-attention's
+            projection (``H K <= D``); chosen from the config, where folding costs few or no extra
+            multiply-adds (streaming steps that keep the constants run fewer ops).
 
     .. note:: With ``config.detach_memory=False`` (the default) gradients flow through memory
         across all segments of one call, so the write path is trained. With ``True`` (as
@@ -93,6 +110,12 @@ class ELMURBackbone(Stepping, nn.Module):
         self.register_buffer("memory_init", torch.randn(c.num_layers, c.memory_slots, c.d_model) * c.memory_init_std)
         self._moe = [m for m in self.modules() if isinstance(m, MoEFeedForward)]
         self._moe_segments = 0  # segments processed by the last call (moe_loss averages over them)
+        H, M, K, D = c.num_heads, c.memory_slots, c.segment_len, c.d_model
+        # the step constants' forms (step_constants): folded where that costs fewer multiply-adds (the read, per step
+        # and segment: 2MHD + 4MD^2/K against 2D^2 + 2MD + 2MD^2/K), or a third of the qkv projection's at most
+        # (positions: H*K*D against K*D)
+        self.folds_read = M * H + M * D / K < D + M
+        self.folds_positions = H * K <= D
 
     # ------------------------------------------------------------------ mixture-of-experts loss
     def moe_loss(self) -> Tensor:
@@ -225,33 +248,58 @@ class ELMURBackbone(Stepping, nn.Module):
         return self._checked_step(x, state, static, inplace)
 
     def step_constants(self, memory: Tensor, memory_time: Tensor) -> StepConstants:
-        """What a streaming step reads that does not change from step to step: the layers'
-        relative keys (they change only with the weights) and the keys and values that each
-        layer's memory read projects from its slots (they change only when a segment is
-        committed). A caller that keeps them (:class:`~torchrl_elmur.ELMURModule`'s derived segment
-        cache) passes them to the step to skip those projections at every step; the step computes
-        them itself when not given.
+        """What a streaming step reads that does not change from step to step: per layer, the
+        position keys (they change only with the weights; :meth:`position_constants`) and what the
+        memory read takes from the slots (it changes only when a segment is committed;
+        :meth:`read_constants`). A caller that keeps them (:class:`~torchrl_elmur.ELMURModule`'s
+        derived segment cache) passes them to the step to skip that work at every step; the step
+        computes the unfolded forms itself when not given.
+
+        The forms: with :attr:`folds_positions` (``H K <= D``) the self-attention's qkv projection
+        extended by the position scores (:meth:`~.attention.RelativeSelfAttention.fold_positions`),
+        else the relative keys; with :attr:`folds_read` (``M H + M D / K < D + M``) the memory's keys folded
+        into the read's projections (:meth:`~.attention.TimeGapCrossAttention.fold_keys`), else
+        the read's keys and values. Outputs are the same to float rounding either way.
 
         Args:
             memory: ``[B, L, M, D]``; memory_time: int64 ``[B, L, M]``.
 
         Examples:
-            >>> net = ELMURBackbone(ELMURConfig(d_model=8, num_heads=2, segment_len=4, memory_slots=3)).eval()
+            >>> net = ELMURBackbone(ELMURConfig(d_model=16, num_heads=2, segment_len=4, memory_slots=3)).eval()
             >>> s = net.initial_state(5)
-            >>> rel, read_kv = net.step_constants(s.memory, s.memory_time)
-            >>> list(rel.shape), list(read_kv.shape)             # [L, H, K, d], [B, L, M, 2D]
-            ([2, 2, 4, 4], [5, 2, 3, 16])
+            >>> positions, read = net.step_constants(s.memory, s.memory_time)
+            >>> net.folds_positions, [list(t.shape) for t in positions]     # H K = 8 <= D: [L, 3D + H K, D], [L, 3D + H K]
+            (True, [[2, 56, 16], [2, 56]])
+            >>> net.folds_read, [list(t.shape) for t in read]               # M H + M D / K = 18 < D + M: [B, L, D, M H], [B, L, M H, D]
+            (True, [[5, 2, 16, 6], [5, 2, 6, 16]])
+            >>> ELMURBackbone(ELMURConfig(d_model=8, num_heads=2, segment_len=4, memory_slots=3)).folds_read   # 12 > 11
+            False
         """
-        return StepConstants(self.relative_keys(), self.read_keys_values(memory, memory_time))
+        return StepConstants(self.position_constants(), self.read_constants(memory, memory_time))
 
     def relative_keys(self) -> Tensor:
         """Every layer's :meth:`~.attention.RelativeSelfAttention.relative_keys` ``[L, H, K, d]`` (no dropout)."""
         return torch.stack([layer.self_attn.relative_keys(self.dtype)[0] for layer in self.layers])
 
-    def read_keys_values(self, memory: Tensor, memory_time: Tensor) -> Tensor:
-        """Every layer's memory-read keys and values of the slots as reads see them, ``[B, L, M, 2D]``."""
+    def position_constants(self) -> Tensor | FoldedPositions:
+        """:class:`StepConstants` ``positions``: :meth:`relative_keys`, or with :attr:`folds_positions` every
+        layer's :meth:`~.attention.RelativeSelfAttention.fold_positions` (stacked over layers)."""
+        rel = self.relative_keys()
+        if not self.folds_positions:
+            return rel
+        folded = [layer.self_attn.fold_positions(r, self.v) for layer, r in zip(self.layers, rel)]
+        return FoldedPositions(*(torch.stack(t) for t in zip(*folded)))
+
+    def read_constants(self, memory: Tensor, memory_time: Tensor) -> Tensor | FoldedRead:
+        """:class:`StepConstants` ``read``: every layer's memory-read keys and values of the slots as
+        reads see them, ``[B, L, M, 2D]``, or with :attr:`folds_read` those folded into the read's
+        projections (:meth:`~.attention.TimeGapCrossAttention.fold_keys`, stacked over layers, dim 1)."""
         seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
-        return torch.stack([layer.read.kv(seen[:, i]) for i, layer in enumerate(self.layers)], 1)
+        kv = [layer.read.kv(seen[:, i]) for i, layer in enumerate(self.layers)]
+        if not self.folds_read:
+            return torch.stack(kv, 1)
+        folded = [layer.read.fold_keys(t) for layer, t in zip(self.layers, kv)]
+        return FoldedRead(*(torch.stack(t, 1) for t in zip(*folded)))
 
     def _token_path(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
                     p: Tensor, constants: StepConstants | None = None) -> tuple[Tensor, Tensor]:
@@ -272,17 +320,17 @@ class ELMURBackbone(Stepping, nn.Module):
         slots = torch.arange(K, device=x.device)
         distance = (p[:, None] - slots).clamp_(min=0)  # [B, K]: from each cache slot to this token (slots >= p unused)
         unseen = (slots >= p[:, None]).unsqueeze(1)  # [B, 1, K]: slots not holding this segment's earlier tokens
-        rel, read_kv = constants or (None, None)
+        positions, read = constants or (None, None)
         if position_mask is not None:  # training with position dropout: the relative keys are drawn per segment
-            rel = None
-        seen = self.memory_view(memory, memory_time) if read_kv is None else None  # [B, L, M, D]
+            positions = None
+        seen = self.memory_view(memory, memory_time) if read is None else None  # [B, L, M, D]
         gap = (step + 1)[:, None, None] - memory_time  # [B, L, M]: this token's stamp - each slot's, for the reads
         entries = []  # per layer: this token's key, value, output [B, D]
         for i, layer in enumerate(self.layers):
-            qkv = layer.project(h)  # ([B, D],) * 3
+            qkv, pos, r = layer.project_step(h, layer_constants(positions, i, batched=False))  # ([B, D],) * 3, [B, H, K]
             h = layer.token_step(h, qkv, layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE),
                                  distance, unseen, self.u, self.v, None if seen is None else seen[:, i], gap[:, i], position_mask,
-                                 None if rel is None else rel[i], None if read_kv is None else read_kv[:, i])
+                                 r, layer_constants(read, i, batched=True), pos)
             entries += [qkv[1], qkv[2], h]
         entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
         return self.final_norm(h), entry

@@ -25,23 +25,28 @@ def elmur_step_macs(config: ELMURConfig) -> float:
     """Multiply-adds of one streaming step, averaged over a segment (the write happens once per K steps).
 
     Per layer and step: the self-attention's q, k, v and output projections (4 D^2), its position
-    term ((q + v) W_r against K sinusoids: D^2 + K D), the attention over the segment (<= K keys:
-    2 K D), the memory read's query and output projections (2 D^2) and its attention (2 M D), the
-    feed-forward net; once per segment (divided by K): the memory's read keys and values (2 M D^2:
-    memory is frozen inside a segment), and the write (queries and output of M slots 2 M D^2,
-    keys and values of the K outputs 2 K D^2, attention 2 M K D, the memory FFN for M slots).
-    Plus the input projection (F D) when F != D.
+    term ((q + v) against the K relative keys, which change only with the weights: K D), the
+    attention over the segment (<= K keys: 2 K D), the memory read, the feed-forward net; once per
+    segment (divided by K): what the read takes from the memory (frozen inside a segment), and the
+    write (queries and output of M slots 2 M D^2, keys and values of the K outputs 2 K D^2,
+    attention 2 M K D, the memory FFN for M slots). The read, the cheaper of its two forms: its
+    query and output projections (2 D^2) and attention (2 M D) per step, the slots' keys and values
+    (2 M D^2) per segment; or those keys and values folded into the projections
+    (:meth:`~torchrl_elmur.core.attention.TimeGapCrossAttention.fold_keys`): 2 M H D per step,
+    4 M D^2 per segment. Plus the input projection (F D) when F != D.
 
     Examples:
         >>> c = ELMURConfig(d_model=128, num_layers=2, segment_len=10, memory_slots=2, input_size=64)
         >>> round(elmur_step_macs(c))
-        653619
+        569446
     """
     c = config
-    D, K, M = c.d_model, c.segment_len, c.memory_slots
+    D, K, M, H = c.d_model, c.segment_len, c.memory_slots, c.num_heads
     ffn = _ffn_macs(c)
-    per_step = 4 * D * D + (D * D + K * D) + 2 * K * D + 2 * D * D + 2 * M * D + ffn
-    per_segment = 2 * M * D * D + (2 * M * D * D + 2 * K * D * D + 2 * M * K * D + M * ffn)
+    read_step, read_segment = min((2 * D * D + 2 * M * D, 2 * M * D * D), (2 * M * H * D, 4 * M * D * D),
+                                  key=lambda form: form[0] + form[1] / K)
+    per_step = 4 * D * D + K * D + 2 * K * D + read_step + ffn
+    per_segment = read_segment + (2 * M * D * D + 2 * K * D * D + 2 * M * K * D + M * ffn)
     in_proj = c.token_size * D if c.token_size != D else 0
     return in_proj + c.num_layers * (per_step + per_segment / K)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import RelativeSelfAttention, TimeGapCrossAttention
+from .attention import FoldedPositions, FoldedRead, RelativeSelfAttention, TimeGapCrossAttention
 from .config import ELMURConfig
 from .feedforward import MoEFeedForward, make_feedforward
 
@@ -38,7 +38,7 @@ class Residual(nn.Module):
         return self.norm(x) if self.pre else x
 
     def out(self, x: Tensor, y: Tensor) -> Tensor:
-        y = x + (self.drop(y) if self.training else y)
+        y = x + (self.drop(y) if self.training and self.drop.p > 0 else y)
         return y if self.pre else self.norm(y)
 
 
@@ -118,6 +118,19 @@ class ELMURLayer(nn.Module):
         """Self-attention queries, keys, values of the tokens ``h [B, n, D]``."""
         return self.self_attn.project(self.res_self.inp(h))
 
+    def project_step(self, h: Tensor, positions: Tensor | FoldedPositions | None
+                     ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor | None, Tensor | None]:
+        """:meth:`project` of one token per row ``h [B, D]`` and what :meth:`token_step` takes of the
+        positions: ``((q, k, v), pos, r)``; with folded positions (a
+        :class:`~torchrl_elmur.core.backbone.StepConstants` form) their scores ``pos [B, H, K]`` come
+        out of the same matmul and ``r`` is None, else ``pos`` is None and ``r`` is ``positions``
+        (the relative keys ``[H, K, d]``, or None: computed in the step)."""
+        if not isinstance(positions, FoldedPositions):
+            return self.project(h), None, positions
+        D = h.shape[-1]
+        q, k, v, pos = F.linear(self.res_self.inp(h), *positions).split([D, D, D, positions.weight.shape[0] - 3 * D], -1)
+        return (q, k, v), pos.view(h.shape[0], self.self_attn.num_heads, -1), None
+
     def token_output(
         self, h: Tensor, q: Tensor, segment: tuple, u: Tensor, v_bias: Tensor,
         memory: Tensor, tok_stamp: Tensor, slot_stamp: Tensor, position_mask: Tensor | None = None,
@@ -144,7 +157,7 @@ class ELMURLayer(nn.Module):
     def token_step(
         self, h: Tensor, qkv: tuple[Tensor, Tensor, Tensor], cache_k: Tensor, cache_v: Tensor, distance: Tensor,
         unseen: Tensor, u: Tensor, v_bias: Tensor, memory: Tensor, gap: Tensor, position_mask: Tensor | None = None,
-        r: Tensor | None = None, read_kv: Tensor | None = None,
+        r: Tensor | None = None, read: Tensor | FoldedRead | None = None, pos: Tensor | None = None,
     ) -> Tensor:
         """:meth:`token_output` of one token per row (the streaming step), attending over the
         cached earlier tokens of its segment (:meth:`RelativeSelfAttention.attend_one`).
@@ -154,20 +167,23 @@ class ELMURLayer(nn.Module):
             cache_k, cache_v: the segment's cached keys and values ``[B, H, K, d]``.
             distance, unseen: see :meth:`RelativeSelfAttention.attend_one`.
             memory: ``[B, M, D]``; gap: int64 ``[B, M]`` = token stamp - slot stamp.
-            r, read_kv: what the step can take from :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants`
-                (the relative keys ``[H, K, d]``, the read's ``kv(memory)`` ``[B, M, 2D]``); else computed here.
+            r, read, pos: what the step can take from :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants`
+                (the relative keys ``[H, K, d]``; the read's ``kv(memory)`` ``[B, M, 2D]`` or those keys
+                folded, :class:`~torchrl_elmur.core.attention.FoldedRead`; the position scores ``[B, H, K]``
+                from :meth:`project_step`); else computed here.
 
         Returns:
             ``[B, D]``.
         """
-        attended = self.self_attn.attend_one(*qkv, cache_k, cache_v, distance, unseen, u, v_bias, position_mask, r)
+        attended = self.self_attn.attend_one(*qkv, cache_k, cache_v, distance, unseen, u, v_bias, position_mask, r, pos)
         h1 = self.res_self.out(h, attended)
-        return self.read_and_feed_forward(h1.unsqueeze(1), memory, gap.unsqueeze(1), read_kv).squeeze(1)
+        return self.read_and_feed_forward(h1.unsqueeze(1), memory, gap.unsqueeze(1), read).squeeze(1)
 
-    def read_and_feed_forward(self, h1: Tensor, memory: Tensor, gap: Tensor, read_kv: Tensor | None = None) -> Tensor:
-        """The token path after self-attention: memory read (``gap`` int64 ``[B, n, M]``; ``read_kv``: see
-        :meth:`token_step`) and FFN, ``[B, n, D]``."""
-        h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias, read_kv))
+    def read_and_feed_forward(self, h1: Tensor, memory: Tensor | None, gap: Tensor,
+                              read: Tensor | FoldedRead | None = None) -> Tensor:
+        """The token path after self-attention: memory read (``gap`` int64 ``[B, n, M]``; ``read``: see
+        :meth:`token_step`; when it is given, ``memory`` is not read) and FFN, ``[B, n, D]``."""
+        h2 = self.res_read.out(h1, self.read(self.res_read.inp(h1), memory, gap, self.gap_bias, read))
         return self.res_ff.out(h2, self.ffn(self.res_ff.inp(h2)))
 
     def write_candidates(self, memory: Tensor, slot_stamp: Tensor, outputs: Tensor, tok_stamp: Tensor) -> Tensor:

@@ -30,8 +30,9 @@ and ``tensor.data`` writes bypass them; a norm changes with any real update. (A 
 every tensor's norm to the bit, such as a permutation of a tensor's entries, is not seen.)
 
 Step constants: beside the cache, the module keeps the backbone's
-:meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` (each layer's relative keys, kept while
-the fingerprint stays; each memory read's keys and values, per row, recomputed for rows at a
+:meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` (each layer's position keys or their folded
+projection, kept while the fingerprint stays; what each memory read takes from the slots, its keys
+and values or those folded into its projections, per row, recomputed for rows at a
 segment's start or not continued). Everything kept is dropped when ``torch.inference_mode`` or
 ``torch.autocast`` changes between two steps (:func:`grad_mode`): tensors of one mode are neither
 writable nor of the right dtype in the other.
@@ -125,7 +126,8 @@ class _Entry:
     constants: StepConstants | None  # the backbone's step_constants: for these weights, and for the memory of
     # the rows of `state` not at a segment's start (rows at p = 0 may have just committed: recomputed); None:
     # not computed (compiled steps compute them inside)
-    mode: tuple  # grad_mode(): inference mode and autocast when it was written; another mode starts afresh
+    mode: tuple  # grad_mode() when it was written (inference mode, autocast) and the backbone's constant forms
+    # (folds_positions, folds_read); another mode starts afresh
 
     def state_unchanged(self) -> bool:
         """No in-place write into the written state since (it is in the caller's tensordict)."""
@@ -140,9 +142,9 @@ class SegmentCache:
 
     :meth:`continue_state` returns a cache ``[N, H, K, L, 3, d]`` valid for an incoming state
     (before ``is_init`` resets; rows at ``p = 0``, reset rows among them, need no earlier token)
-    and the backbone's :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` for it (the relative
-    keys, kept while the weights stay; the memory read's keys and values, kept per row inside a
-    segment and recomputed for rows at ``p = 0`` or not continued); :meth:`remember` keeps them
+    and the backbone's :meth:`~torchrl_elmur.core.ELMURBackbone.step_constants` for it (the position
+    constants, kept while the weights stay; the memory read's, kept per row inside a segment and
+    recomputed for rows at ``p = 0`` or not continued); :meth:`remember` keeps them
     with the next state after the step wrote into the cache.
     """
 
@@ -157,14 +159,14 @@ class SegmentCache:
                        constants: bool = True) -> tuple[Tensor, StepConstants | None, Tensor, tuple]:
         """The cache and (``constants=True``) the step constants for ``state`` (the incoming state
         after ``is_init`` resets; ``p = step % K`` of its rows), the weights' fingerprint and the
-        :func:`grad_mode`, to hand to :meth:`remember`; ``incoming``: the state as read from the
+        :func:`grad_mode` with the backbone's constant forms, to hand to :meth:`remember`; ``incoming``: the state as read from the
         tensordict (before the resets)."""
         backbone, entry = self.backbone, self._entry
         self._entry = None  # the step writes into the cache: until remember(), it continues no state
         weights = token_path_fingerprint([where[name] for where, name in self._slots])
         n, like = state.memory.shape[0], state.memory
         shape = (n, *self._row_shape)
-        mode = grad_mode(like.device)
+        mode = (*grad_mode(like.device), backbone.folds_positions, backbone.folds_read)  # constants of other forms: afresh
         fresh = (entry is None or entry.cache.shape != shape or entry.cache.dtype != like.dtype
                  or entry.cache.device != like.device or entry.weights.device != weights.device or entry.mode != mode)
         # which rows the kept cache continues: none (None), all (True: the usual rollout loop, no
@@ -203,15 +205,17 @@ class SegmentCache:
         kept = None if fresh else entry.constants
         if kept is None:  # nothing kept: compute both
             return cache, backbone.step_constants(state.memory, state.memory_time), weights, mode
-        rel = kept.rel if weights_kept else backbone.relative_keys()
+        positions = kept.positions if weights_kept else backbone.position_constants()
         if all_unread:
-            read_kv = backbone.read_keys_values(state.memory, state.memory_time)
+            read = backbone.read_constants(state.memory, state.memory_time)
         else:
-            read_kv = kept.read_kv  # some row was kept
+            read = kept.read  # some row was kept
             if any_unread:
                 rows = unread.nonzero().squeeze(-1)
-                read_kv[rows] = backbone.read_keys_values(state.memory[rows], state.memory_time[rows])
-        return cache, StepConstants(rel, read_kv), weights, mode
+                fresh_rows = backbone.read_constants(state.memory[rows], state.memory_time[rows])
+                for kept_t, fresh_t in zip(*((t,) if isinstance(t, Tensor) else t for t in (read, fresh_rows))):
+                    kept_t[rows] = fresh_t
+        return cache, StepConstants(positions, read), weights, mode
 
     def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor, constants: StepConstants | None,
                  mode: tuple) -> None:
