@@ -266,9 +266,10 @@ def main() -> None:
         missing = [job for job in work if log.get(task=job[0], policy=job[1], seed=job[2], config=config) is None]
         bar = tqdm(total=len(missing), desc=f"rows ({args.jobs} processes)", disable=not args.progress, dynamic_ncols=True)
         for (task, memory, seed), row in in_processes(compute_row, missing, args.jobs, args):
-            log.add({**row, "task": task, "policy": memory, "seed": seed, "config": config})
+            row = {**row, "task": task, "policy": memory, "seed": seed, "config": config}
+            log.add(row)
             bar.update(1)
-            report(row | {"task": task, "policy": memory, "seed": seed})
+            report(row)
         bar.close()
     if not ctx.is_main:
         return shutdown(ctx)

@@ -135,10 +135,9 @@ class RelativeSelfAttention(nn.Module):
             True
         """
         h, k, d = r.shape
-        w_q = self.qkv.weight[: h * d].view(h, d, -1)  # [H, d, D]
-        weight = torch.einsum("hdi,hkd->hki", w_q, r).reshape(h * k, -1)  # [H*K, D]
+        qkv = self.qkv.weight  # [3D, D]: the query rows first
+        weight = torch.einsum("hdi,hkd->hki", qkv[: h * d].view(h, d, -1), r).reshape(h * k, -1)  # [H*K, D]
         bias = torch.einsum("hd,hkd->hk", v_bias, r).reshape(h * k)
-        qkv = self.qkv.weight
         return FoldedPositions(torch.cat([qkv, weight]), torch.cat([bias.new_zeros(qkv.shape[0]), bias]))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, geometry: RelativeGeometry, u: Tensor, v_bias: Tensor,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ELMURConfig
+from .cost import folds_positions, folds_read
 from .attention import FoldedPositions, FoldedRead, merge_heads, relative_geometry, split_heads
 from .feedforward import MoEFeedForward
 from .layer import ELMURLayer, make_norm
@@ -110,12 +111,7 @@ class ELMURBackbone(Stepping, nn.Module):
         self.register_buffer("memory_init", torch.randn(c.num_layers, c.memory_slots, c.d_model) * c.memory_init_std)
         self._moe = [m for m in self.modules() if isinstance(m, MoEFeedForward)]
         self._moe_segments = 0  # segments processed by the last call (moe_loss averages over them)
-        H, M, K, D = c.num_heads, c.memory_slots, c.segment_len, c.d_model
-        # the step constants' forms (step_constants): folded where that costs fewer multiply-adds (the read, per step
-        # and segment: 2MHD + 4MD^2/K against 2D^2 + 2MD + 2MD^2/K), or a third of the qkv projection's at most
-        # (positions: H*K*D against K*D)
-        self.folds_read = M * H + M * D / K < D + M
-        self.folds_positions = H * K <= D
+        self.folds_read, self.folds_positions = folds_read(c), folds_positions(c)  # step_constants' forms (core/cost.py)
 
     # ------------------------------------------------------------------ mixture-of-experts loss
     def moe_loss(self) -> Tensor:

@@ -21,6 +21,34 @@ def _ffn_macs(c: ELMURConfig) -> int:
     return D * c.moe.num_experts + 3 * D * (c.moe.top_k * expert_ff + c.moe.num_shared * shared_ff)
 
 
+def folds_read(config: ELMURConfig) -> bool:
+    """Whether the streaming step's kept read constants take the folded form
+    (:meth:`~torchrl_elmur.core.attention.TimeGapCrossAttention.fold_keys`): where it costs fewer
+    multiply-adds per step, the per-segment fold averaged in (``2 M H D + 4 M D^2 / K`` against
+    ``2 D^2 + 2 M D + 2 M D^2 / K``, i.e. ``M H + M D / K < D + M``).
+
+    Examples:
+        >>> folds_read(ELMURConfig(d_model=128, num_heads=2, memory_slots=2, segment_len=10))
+        True
+        >>> folds_read(ELMURConfig(d_model=32, num_heads=16, memory_slots=32, segment_len=60))   # MIKASA TakeItBack
+        False
+    """
+    c = config
+    return c.memory_slots * c.num_heads + c.memory_slots * c.d_model / c.segment_len < c.d_model + c.memory_slots
+
+
+def folds_positions(config: ELMURConfig) -> bool:
+    """Whether the kept position constants take the folded form
+    (:meth:`~torchrl_elmur.core.attention.RelativeSelfAttention.fold_positions`): where its ``H K D``
+    extra multiply-adds per step are at most a third of the qkv projection's (``H K <= D``).
+
+    Examples:
+        >>> folds_positions(ELMURConfig(d_model=128, num_heads=2, segment_len=10))
+        True
+    """
+    return config.num_heads * config.segment_len <= config.d_model
+
+
 def elmur_step_macs(config: ELMURConfig) -> float:
     """Multiply-adds of one streaming step, averaged over a segment (the write happens once per K steps).
 
@@ -43,8 +71,7 @@ def elmur_step_macs(config: ELMURConfig) -> float:
     c = config
     D, K, M, H = c.d_model, c.segment_len, c.memory_slots, c.num_heads
     ffn = _ffn_macs(c)
-    read_step, read_segment = min((2 * D * D + 2 * M * D, 2 * M * D * D), (2 * M * H * D, 4 * M * D * D),
-                                  key=lambda form: form[0] + form[1] / K)
+    read_step, read_segment = (2 * M * H * D, 4 * M * D * D) if folds_read(c) else (2 * D * D + 2 * M * D, 2 * M * D * D)
     per_step = 4 * D * D + K * D + 2 * K * D + read_step + ffn
     per_segment = read_segment + (2 * M * D * D + 2 * K * D * D + 2 * M * K * D + M * ffn)
     in_proj = c.token_size * D if c.token_size != D else 0

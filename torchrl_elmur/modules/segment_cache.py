@@ -101,6 +101,11 @@ def rows_equal(a: ELMURState, b: ELMURState) -> Tensor:
     return equal
 
 
+def _tensors(constants: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The tensors of a step-constants field: itself, or those of its folded form (a NamedTuple)."""
+    return (constants,) if isinstance(constants, Tensor) else tuple(constants)
+
+
 def grad_mode(device: torch.device) -> tuple:
     """What the kept tensors depend on besides the state and the weights: ``torch.inference_mode``
     (tensors made under it cannot be written outside it) and ``torch.autocast`` on ``device`` (the
@@ -213,7 +218,7 @@ class SegmentCache:
             if any_unread:
                 rows = unread.nonzero().squeeze(-1)
                 fresh_rows = backbone.read_constants(state.memory[rows], state.memory_time[rows])
-                for kept_t, fresh_t in zip(*((t,) if isinstance(t, Tensor) else t for t in (read, fresh_rows))):
+                for kept_t, fresh_t in zip(_tensors(read), _tensors(fresh_rows)):  # kv, or the folded pair
                     kept_t[rows] = fresh_t
         return cache, StepConstants(positions, read), weights, mode
 
@@ -223,6 +228,7 @@ class SegmentCache:
         ``next_state`` (the fields as written into the tensordict), made in ``mode`` (:func:`grad_mode`)."""
         fields = next_state.fields().values()
         if any(t.is_inference() for t in fields):  # no version counters: keep a copy to compare with
-            self._entry = _Entry(cache, next_state.map(torch.clone), weights, None, constants, mode)
+            next_state, versions = next_state.map(torch.clone), None
         else:
-            self._entry = _Entry(cache, next_state, weights, tuple(t._version for t in fields), constants, mode)
+            versions = tuple(t._version for t in fields)
+        self._entry = _Entry(cache, next_state, weights, versions, constants, mode)
