@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .config import ELMURConfig
 from .cost import folds_positions, folds_read
-from .attention import FoldedPositions, FoldedRead, merge_heads, relative_geometry, split_heads
+from .attention import FoldedPositions, FoldedRead, dropout, merge_heads, relative_geometry, split_heads
 from .feedforward import MoEFeedForward
 from .layer import ELMURLayer, make_norm
 from .lru import lru_commit
@@ -136,9 +136,7 @@ class ELMURBackbone(Stepping, nn.Module):
     def _input_tokens(self, x: Tensor) -> Tensor:
         """``in_proj(x)``, with token dropout in training under ``dropout_placement="released"``."""
         h = self.in_proj(x)
-        if self.training and self.config.dropout_placement == "released" and self.config.dropout > 0:
-            h = F.dropout(h, self.config.dropout)
-        return h
+        return dropout(h, self.config.dropout, self.training and self.config.dropout_placement == "released")
 
     def _position_mask(self, dtype: torch.dtype, device) -> Tensor | None:
         """A dropout mask ``[K, D]`` (scaled) of the relative position embedding, drawn once per segment

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import dropout
 from .config import ELMURConfig, MoEConfig
 
 
@@ -28,9 +29,8 @@ class FeedForward(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         """``[..., D] -> [..., D]`` (the dropout is skipped where it is the identity: eval mode or
         ``p = 0``; a call of it costs a CPU step several microseconds even then)."""
-        up, gelu, dropout, down = self
-        hidden = gelu(up(x))
-        return down(dropout(hidden) if self.training and dropout.p > 0 else hidden)
+        up, gelu, drop, down = self
+        return down(dropout(gelu(up(x)), drop.p, self.training))
 
 
 class SwiGLUExperts(nn.Module):
@@ -65,8 +65,7 @@ class SwiGLUExperts(nn.Module):
         """``sum_e weights[:, e] * expert_e(x)`` for ``x [N, D]``, ``weights [N, E]`` (None: all 1) -> ``[N, D]``."""
         e, f, d = self.w_gate.shape
         hidden = F.silu(F.linear(x, self.w_gate.reshape(e * f, d))) * F.linear(x, self.w_up.reshape(e * f, d))  # [N, E*F]
-        if self.training and self.dropout > 0:
-            hidden = F.dropout(hidden, self.dropout)
+        hidden = dropout(hidden, self.dropout, self.training)
         if weights is not None:  # scale each expert's hidden units: the down projection is linear
             hidden = (hidden.view(-1, e, f) * weights.unsqueeze(-1)).view(-1, e * f)
         return F.linear(hidden, self.w_down.view(d, e * f))  # [N, D]

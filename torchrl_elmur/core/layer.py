@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import FoldedPositions, FoldedRead, RelativeSelfAttention, TimeGapCrossAttention
+from .attention import FoldedPositions, FoldedRead, RelativeSelfAttention, TimeGapCrossAttention, dropout
 from .config import ELMURConfig
 from .feedforward import MoEFeedForward, make_feedforward
 
@@ -38,7 +38,7 @@ class Residual(nn.Module):
         return self.norm(x) if self.pre else x
 
     def out(self, x: Tensor, y: Tensor) -> Tensor:
-        y = x + (self.drop(y) if self.training and self.drop.p > 0 else y)
+        y = x + dropout(y, self.drop.p, self.training)
         return y if self.pre else self.norm(y)
 
 
@@ -201,6 +201,4 @@ class ELMURLayer(nn.Module):
         gap = slot_stamp.unsqueeze(-1) - tok_stamp.unsqueeze(-2)  # [B, M, K]
         c1 = self.res_write.out(memory, self.write(self.res_write.inp(memory), outputs, gap, self.gap_bias))
         candidate = self.res_mem_ff.out(c1, self.mem_ffn(self.res_mem_ff.inp(c1)))
-        if self.training and self.candidate_dropout > 0:
-            candidate = F.dropout(candidate, self.candidate_dropout)
-        return candidate
+        return dropout(candidate, self.candidate_dropout, self.training)
