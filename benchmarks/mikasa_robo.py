@@ -51,7 +51,8 @@ from torchrl_elmur.data.mikasa_dataset import (EVAL_SEED, check_action_noise, ch
 from torchrl_elmur.envs.mikasa_env import MIKASA_TASKS, episode_length, mikasa_task, num_colours, render_device_error
 from torchrl_elmur.objectives import SequenceMSELoss
 from torchrl_elmur.training.bc import fit_bc
-from torchrl_elmur.training.benchmarking import RowLog, grouped_bars, in_processes, write_report
+from torchrl_elmur.processes import in_processes
+from torchrl_elmur.training.benchmarking import RowLog, grouped_bars, write_report
 from torchrl_elmur.training.cli import init_distributed_cli, parse_dataclass, range_error, value_error
 from torchrl_elmur.training.distributed import DistributedContext, main_first, shutdown
 from torchrl_elmur.training.evaluate import mikasa_success

@@ -29,7 +29,6 @@ import multiprocessing as mp
 import queue
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from torchrl.envs.utils import step_mdp
 from tqdm import tqdm
 
 from ..envs.mikasa_env import CUE_STEPS, ManiSkillEnv, mikasa_task, num_colours
+from ..processes import in_processes
 from .storage import EVAL_SEED, cached_dataset
 
 FORMAT_VERSION = 1  # bump when the stored format or the oracles change
@@ -171,7 +171,7 @@ def play_mikasa_episodes(task: str, num_episodes: int, seed: int = 0, *, image_s
     return torch.cat(episodes)
 
 
-def _play_shard(task: str, count: int, seed: int, image_size: int, obs_mode: str, cues: int, noise: float,
+def _play_shard(count: int, seed: int, task: str, image_size: int, obs_mode: str, cues: int, noise: float,
                 done_queue) -> TensorDict:
     return play_mikasa_episodes(task, count, seed, image_size=image_size, obs_mode=obs_mode, progress=False,
                                 report=done_queue.put, cues_per_layout=cues, action_noise=noise)
@@ -231,24 +231,23 @@ def _build(task: str, num_episodes: int, seed: int, image_size: int, obs_mode: s
         return play_mikasa_episodes(task, num_episodes, seed, image_size=image_size, obs_mode=obs_mode, progress=progress,
                                     cues_per_layout=cues, action_noise=noise)
     bounds = [round(i * layouts / workers) for i in range(workers + 1)]  # layouts per worker
-    context = mp.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+    shards = [((bounds[i + 1] - bounds[i]) * cues, seed + bounds[i]) for i in range(workers)]  # (episodes, first seed)
+    with mp.get_context("spawn").Manager() as manager, tqdm(
+            total=num_episodes, desc=f"{task} episodes ({workers} processes)", disable=not progress,
+            dynamic_ncols=True) as bar:
         done_queue = manager.Queue()  # one item per finished episode, from every worker
-        futures = [pool.submit(_play_shard, task, (bounds[i + 1] - bounds[i]) * cues, seed + bounds[i], image_size,
-                               obs_mode, cues, noise, done_queue)
-                   for i in range(workers)]
-        with tqdm(total=num_episodes, desc=f"{task} episodes ({workers} processes)", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            done = 0
-            while done < num_episodes:
-                if any(f.done() and f.exception() is not None for f in futures):
-                    break  # a worker failed: its exception is raised below
+
+        def show_done() -> None:
+            while True:
                 try:
-                    done += done_queue.get(timeout=1.0)
-                    bar.update(1)
+                    bar.update(done_queue.get_nowait())
                 except queue.Empty:
-                    pass
-        return torch.cat([f.result() for f in futures])
+                    return
+
+        played = dict(in_processes(_play_shard, shards, workers, task, image_size, obs_mode, cues, noise, done_queue,
+                                   on_wait=show_done))  # a shard's error ends the others at once
+        show_done()
+    return torch.cat([played[shard] for shard in shards])
 
 
 def oracle_eval_success(task: str, episodes: int, progress: bool = False) -> float:
