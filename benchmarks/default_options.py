@@ -44,6 +44,7 @@ from torchrl_elmur import ELMURConfig
 from torchrl_elmur.core.config import OPTION_SETS, OptionSetName, with_options
 from torchrl_elmur.core.cost import elmur_step_macs, rnn_step_macs
 from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.tmaze_eval import SOLVED, generalised
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("tmaze", "popgym", "ppo")
@@ -147,7 +148,7 @@ def summarize(option: str, results: dict[str, Path], args: Args) -> dict:
     if "tmaze" in results:
         rows = tmaze_rows(option, [results["tmaze"], *map(Path, args.tmaze_csv)])
         corridors = sorted({int(c[1:]) for r in rows for c in r if c.startswith("c") and c[1:].isdigit()})
-        ok = [all(r.get(f"c{c}") and float(r[f"c{c}"]) >= 0.95 for c in corridors) for r in rows]
+        ok = [generalised(r.get(f"c{c}") or None for c in corridors) for r in rows]
         row["tmaze_ok"] = f"{sum(ok)}/{len(rows)}"
         # success at the longest corridor; a seed skipped there (at chance at two shorter ones) counts as chance
         last = [float(r[f"c{corridors[-1]}"]) if r.get(f"c{corridors[-1]}") else 0.5 for r in rows]
@@ -176,7 +177,7 @@ def main() -> None:
     rows = [summarize(o, {f: files[(f, o)] for f in args.families}, args) for o in args.options]
     columns = [("options", "option set", "s"), ("macs_x_gru", "step MACs x GRU", ".1f")]
     if "tmaze" in args.families:
-        columns += [("tmaze_ok", "T-Maze >= 0.95 all", "s"), ("tmaze_worst_last", "T-Maze worst, longest corridor", ".2f")]
+        columns += [("tmaze_ok", f"T-Maze >= {SOLVED} all", "s"), ("tmaze_worst_last", "T-Maze worst, longest corridor", ".2f")]
     if "popgym" in args.families:
         columns += [("popgym_sum", "POPGym sum", "+.3f")]
     if "ppo" in args.families:

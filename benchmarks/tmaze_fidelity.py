@@ -45,6 +45,7 @@ from torchrl_elmur.training.bc import fit_bc
 from torchrl_elmur.training.checkpoint import save_policy
 from torchrl_elmur.training.cli import parse_dataclass
 from torchrl_elmur.training.tmaze_bc import TMazeBC, make_tmaze_actor
+from torchrl_elmur.training.tmaze_eval import SOLVED, generalised
 
 BARE_OPTIONS = dict(init="torch", cross_attn_out_bias=False, dropout_placement="residual", moe=None)
 RELEASED_OPTIONS = released_options()
@@ -211,7 +212,7 @@ def summarize(rows: list[dict], lengths: list[int]) -> list[dict]:
         for c in lengths:
             vals = [r.get(f"c{c}") for r in mine]
             entry[f"c{c}"] = "skip" if None in vals else f"{min(vals):.2f}"
-        good = [all(r.get(f"c{c}") is not None and r[f"c{c}"] >= 0.95 for c in lengths) for r in mine]
+        good = [generalised(r.get(f"c{c}") for c in lengths) for r in mine]
         entry["ok"] = f"{sum(good)}/{len(mine)}"
         summary.append(entry)
     return summary
@@ -247,7 +248,7 @@ def main() -> None:
         rows = [run_one(v, s, args) for v in args.variants for s in args.seeds]
     out = Path(args.out)
     summary = summarize(rows, args.lengths)
-    cols = [("recipe", "recipe", "s"), ("variant", "variant", "s"), ("seeds", "seeds", "d"), ("ok", ">=0.95 all", "s"),
+    cols = [("recipe", "recipe", "s"), ("variant", "variant", "s"), ("seeds", "seeds", "d"), ("ok", f">={SOLVED} all", "s"),
             ("train_seconds", "train s", ".0f"), ("t100", "1.00@100 s", ".0f"), ("t1000", "1.00@1000 s", ".0f")] + \
            [(f"c{c}", f"c={c:,}", "s") for c in args.lengths]
     title = (f"T-Maze fidelity, worst seed per cell (time-to-1.00: slowest seed; "

@@ -39,7 +39,7 @@ from torchrl_elmur.training.benchmarking import RowLog, format_table, machine, w
 
 from torchrl_elmur import compile_steps
 from torchrl_elmur.training import episodes_error, evaluate_lengths, plot_success_vs_length
-from torchrl_elmur.training.tmaze_eval import CHANCE
+from torchrl_elmur.training.tmaze_eval import CHANCE, SOLVED
 from torchrl_elmur.data import EVAL_SEED
 from torchrl_elmur.training.checkpoint import load_into
 from torchrl_elmur.training.cli import parse_dataclass
@@ -146,10 +146,10 @@ def main() -> None:
     title = (f"T-Maze horizon: trained on corridors <= {TMazeBC.max_corridor}, {args.eval_episodes} episodes "
              f"per length, {machine(args.device)}")
     print(f"\n{title}\n{format_table(rows, cols)}")
-    lost = {k: [r["corridor_length"] for r in rows if r["policy"] == k and r.get("success", 0.0) < 0.95]
+    lost = {k: [r["corridor_length"] for r in rows if r["policy"] == k and r.get("success", 0.0) < SOLVED]
             for k in args.policies}
     for kind, lengths in lost.items():
-        print(f"  {kind}: " + (f"below 0.95 from corridor {lengths[0]:,} on" if lengths else "0.95 or better at every length"))
+        print(f"  {kind}: " + (f"below {SOLVED} from corridor {lengths[0]:,} on" if lengths else f"{SOLVED} or better at every length"))
     write_csv(rows, out / "tmaze_horizon.csv")
     (out / "tmaze_horizon.md").write_text(f"### {title}\n\n{format_table(rows, cols, markdown=True)}\n")
     curves = {k: {r["corridor_length"]: r["success"] for r in rows if r["policy"] == k and "success" in r}

@@ -28,10 +28,10 @@ from pathlib import Path
 from torchrl_elmur.training.benchmarking import write_report
 
 from torchrl_elmur.training.cli import parse_dataclass
+from torchrl_elmur.training.tmaze_eval import SOLVED, generalised
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "tutorials" / "offline_bc.py"
-GOOD = 0.95  # success at every corridor for a run to count as generalised
 
 
 @dataclass
@@ -73,7 +73,7 @@ def run_seed(seed: int, args: Args, extra: list[str]) -> dict:
 
 def row_of(run: dict) -> dict:
     """The table row of one run: corridors as columns, probes as 'step:success' pairs."""
-    ok = all(v >= GOOD for v in run["success"].values())
+    ok = generalised(run["success"].values())
     return {"seed": run["seed"], "wall_s": run["wall_s"], "train_s": run["train_seconds"],
             "kept_step": run["selected_step"],
             "probes": " ".join(f"{p['step']}:{p['success']:.2f}" for p in run["probes"]),
@@ -91,10 +91,10 @@ def main() -> None:
     ok = sum(r["ok"] == "yes" for r in rows)
     corridors = [k for k in rows[0] if k.startswith("c=")]
     header = (f"T-Maze BC, `tutorials/offline_bc.py --seed S {' '.join(extra)}`".rstrip() + f"; {ok} of {len(rows)} seeds "
-              f">= {GOOD} at every corridor; {platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s) per run, {args.jobs} run(s) at a time")
+              f">= {SOLVED} at every corridor; {platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s) per run, {args.jobs} run(s) at a time")
     columns = ([("seed", "seed", "d"), ("wall_s", "wall s", ".0f"), ("train_s", "train s", ".0f"),
                 ("kept_step", "kept step", "d")] + [(c, c, ".2f") for c in corridors]
-               + [("ok", ">= 0.95 all", "s"), ("probes", "probes (step:success)", "s")])
+               + [("ok", f">= {SOLVED} all", "s"), ("probes", "probes (step:success)", "s")])
     out = write_report("tmaze_seeds", header, rows, columns, args.out)
     result = json.dumps({"benchmark": "tmaze_seeds", "extra_flags": extra, "generalised": ok, "seeds": len(rows),
                          "runs": runs})

@@ -44,6 +44,7 @@ from torchrl_elmur.training.checkpoint import ResumeMismatch, save_policy
 from torchrl_elmur.training.cli import cli_errors, init_distributed_cli, parse_dataclass, value_error
 from torchrl_elmur.training.distributed import DistributedContext, rows_per_rank, shutdown
 from torchrl_elmur.training.tmaze_bc import TMazeBC, make_tmaze_actor, tmaze_elmur_config, train_tmaze_bc
+from torchrl_elmur.training.tmaze_eval import SOLVED
 
 POLICIES = ("elmur", "lstm", "gru")
 
@@ -68,7 +69,6 @@ class Args(TMazeBC):
     threads: int = 0  # torch threads (0: torch's default)
 
 
-GOOD_PROBE = 0.95  # a validation probe at select_corridor this good means the run generalised
 
 
 def check_args(args: Args) -> str | None:
@@ -109,7 +109,7 @@ def run_policy(kind: str, args: Args, run, out: Path, ctx: DistributedContext) -
     params = sum(p.numel() for p in actor.parameters())
     return {"success": success, "train_seconds": history.train_seconds, "eval_seconds": eval_seconds, "params": params,
             "selected_step": history.selected_step, "probes": probes,
-            "good_probe": history.first_time("success", GOOD_PROBE) is not None if probes else None}
+            "good_probe": history.first_time("success", SOLVED) is not None if probes else None}
 
 
 def report(results: dict, args: Args, out: Path) -> None:
@@ -133,7 +133,7 @@ def report(results: dict, args: Args, out: Path) -> None:
     for kind, r in results.items():
         if r["good_probe"] is False:
             history = ", ".join(f"{p['success']:.2f}" for p in r["probes"])
-            print(f"\nWARNING: {kind}: no validation probe reached {GOOD_PROBE:.2f} at corridor {args.select_corridor} "
+            print(f"\nWARNING: {kind}: no validation probe reached {SOLVED:.2f} at corridor {args.select_corridor} "
                   f"(probes every {args.select_every} steps: {history}). The kept weights did not generalise in "
                   "validation, so the table above is not the tutorial's claim; run again with another --seed or "
                   "more --steps.")

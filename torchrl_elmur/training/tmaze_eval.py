@@ -63,6 +63,18 @@ def tmaze_success_rate(policy: TensorDictModuleBase, corridor_length: int, episo
 
 
 CHANCE = 0.6  # success at or below this is at chance (a greedy policy that forgot the hint scores about 0.5)
+SOLVED = 0.95  # success at or above this solves a corridor; a run generalises when it solves every corridor evaluated
+
+
+def generalised(successes) -> bool:
+    """Whether every success rate in ``successes`` is at least :data:`SOLVED`; a missing one (None, or
+    a length skipped at chance) counts as not solved.
+
+    Examples:
+        >>> generalised([1.0, 0.96]), generalised([1.0, 0.5]), generalised([1.0, None])
+        (True, False, False)
+    """
+    return all(rate is not None and float(rate) >= SOLVED for rate in successes)
 
 
 def evaluate_lengths(policy: TensorDictModuleBase, lengths: Sequence[int], episodes: int, seed: int, name: str,
