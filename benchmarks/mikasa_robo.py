@@ -301,7 +301,8 @@ def main() -> None:
                  ylabel="success rate (success_once)", marks={r["task"]: r["chance"] for r in summary if r["chance"] is not None},
                  errors={r["task"]: {p: r.get(f"{p}_std", 0.0) for p in args.policies} for r in summary},
                  title=f"MIKASA-Robo, behaviour cloning from {'the visible state' if args.obs == 'visible_state' else 'pixels'}"
-                       f" (mean ± std over {len(args.seeds)} seeds; dotted: one guess among the colours)")
+                       f" (mean ± std over {len(args.seeds)} seeds"
+                       f"{'; dotted: one guess among the colours' if any(num_colours(t) for t in args.tasks) else ''})")
     result = json.dumps({"benchmark": "mikasa_robo", "obs": args.obs, "tasks": {r["task"]: r for r in summary},
                          "rows": rows, "preset": args.preset, "episodes": args.episodes, "seeds": args.seeds,
                          "cues_per_layout": args.cues_per_layout, "action_noise": args.action_noise,
