@@ -42,10 +42,10 @@ def test_in_processes_calls_on_wait_while_jobs_run():
     import multiprocessing as mp
     import queue
 
-    seen = []  # (ticks drained so far, job finished) at each on_wait call
+    drained = []  # ticks drained at each on_wait call; the last call comes after the job has finished
 
     with mp.get_context("spawn").Manager() as manager:
-        ticks, finished = manager.Queue(), []
+        ticks = manager.Queue()
 
         def drain() -> None:
             count = 0
@@ -54,9 +54,9 @@ def test_in_processes_calls_on_wait_while_jobs_run():
                     count += ticks.get_nowait()
                 except queue.Empty:
                     break
-            seen.append((count, bool(finished)))
+            drained.append(count)
 
-        for job, _ in in_processes(_job, [(3.0, False)], 1, "z", ticks, on_wait=drain):
-            finished.append(job)
-    assert any(count > 0 and not done for count, done in seen)  # progress came in before the job ended
-    assert len(seen) >= 2
+        results = list(in_processes(_job, [(3.0, False)], 1, "z", ticks, on_wait=drain))
+    assert [job for job, _ in results] == [(3.0, False)]
+    assert len(drained) >= 2 and any(count > 0 for count in drained[:-1])  # progress came in before the job ended
+    assert sum(drained) == 30  # every tick of the 3-s job, once

@@ -69,8 +69,6 @@ class Args(TMazeBC):
     threads: int = 0  # torch threads (0: torch's default)
 
 
-
-
 def check_args(args: Args) -> str | None:
     return episodes_error({"--eval-episodes": args.eval_episodes, "--select-episodes": args.select_episodes}) or value_error(
         "ELMUR configuration from --width/--segment-len/--memory-slots/--lru-blend",  # e.g. a --width the heads do not divide
