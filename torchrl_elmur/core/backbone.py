@@ -42,18 +42,10 @@ class StepConstants(NamedTuple):
     """What :meth:`ELMURBackbone.step_constants` returns (the forms depend on the backbone's
     :attr:`~ELMURBackbone.folds_positions` and :attr:`~ELMURBackbone.folds_read`)."""
 
-    positions: Tensor | FoldedPositions  # change with the weights: each layer's relative keys [L, H, K, d], or
-    # its qkv projection extended by the position scores (weight [L, 3D + H*K, D], bias [L, 3D + H*K])
-    read: Tensor | FoldedRead  # change at a commit (and with the weights): each layer's read keys and values of its
-    # memory [B, L, M, 2D], or those keys folded into the read's projections (scores [B, L, D, M*H], values [B, L, M*H, D])
-
-
-def layer_constants(constants: Tensor | FoldedPositions | FoldedRead | None, i: int, batched: bool):
-    """Layer ``i``'s part of a :class:`StepConstants` field (``batched``: its dim 0 is the batch, the layers dim 1)."""
-    if constants is None:
-        return None
-    pick = (lambda t: t[:, i]) if batched else (lambda t: t[i])
-    return type(constants)(*map(pick, constants)) if isinstance(constants, tuple) else pick(constants)
+    positions: tuple[Tensor | FoldedPositions, ...]  # one per layer, change with the weights: the relative keys
+    # [H, K, d], or the qkv projection extended by the position scores (weight [3D + H*K, D], bias [3D + H*K])
+    read: tuple[Tensor | FoldedRead, ...]  # one per layer, change at a commit (and with the weights): the read's keys
+    # and values of the memory [B, M, 2D], or those keys folded into its projections (scores [B, D, M*H], values [B, M*H, D])
 
 
 class ELMURBackbone(Stepping, nn.Module):
@@ -262,38 +254,35 @@ class ELMURBackbone(Stepping, nn.Module):
             >>> net = ELMURBackbone(ELMURConfig(d_model=16, num_heads=2, segment_len=4, memory_slots=3)).eval()
             >>> s = net.initial_state(5)
             >>> positions, read = net.step_constants(s.memory, s.memory_time)
-            >>> net.folds_positions, [list(t.shape) for t in positions]     # H K = 8 <= D: [L, 3D + H K, D], [L, 3D + H K]
-            (True, [[2, 56, 16], [2, 56]])
-            >>> net.folds_read, [list(t.shape) for t in read]               # M H + M D / K = 18 < D + M: [B, L, D, M H], [B, L, M H, D]
-            (True, [[5, 2, 16, 6], [5, 2, 6, 16]])
+            >>> len(positions), len(read)                                   # one per layer
+            (2, 2)
+            >>> net.folds_positions, [list(t.shape) for t in positions[0]]  # H K = 8 <= D: [3D + H K, D], [3D + H K]
+            (True, [[56, 16], [56]])
+            >>> net.folds_read, [list(t.shape) for t in read[0]]            # M H + M D / K = 18 < D + M: [B, D, M H], [B, M H, D]
+            (True, [[5, 16, 6], [5, 6, 16]])
             >>> ELMURBackbone(ELMURConfig(d_model=8, num_heads=2, segment_len=4, memory_slots=3)).folds_read   # 12 > 11
             False
         """
         return StepConstants(self.position_constants(), self.read_constants(memory, memory_time))
 
-    def relative_keys(self) -> Tensor:
-        """Every layer's :meth:`~.attention.RelativeSelfAttention.relative_keys` ``[L, H, K, d]`` (no dropout)."""
-        return torch.stack([layer.self_attn.relative_keys(self.dtype)[0] for layer in self.layers])
-
-    def position_constants(self) -> Tensor | FoldedPositions:
-        """:class:`StepConstants` ``positions``: :meth:`relative_keys`, or with :attr:`folds_positions` every
-        layer's :meth:`~.attention.RelativeSelfAttention.fold_positions` (stacked over layers)."""
-        rel = self.relative_keys()
+    def position_constants(self) -> tuple[Tensor | FoldedPositions, ...]:
+        """:class:`StepConstants` ``positions``, per layer: its
+        :meth:`~.attention.RelativeSelfAttention.relative_keys` ``[H, K, d]`` (no dropout), or with
+        :attr:`folds_positions` its :meth:`~.attention.RelativeSelfAttention.fold_positions`."""
+        keys = [layer.self_attn.relative_keys(self.dtype)[0] for layer in self.layers]
         if not self.folds_positions:
-            return rel
-        folded = [layer.self_attn.fold_positions(r, self.v) for layer, r in zip(self.layers, rel)]
-        return FoldedPositions(*(torch.stack(t) for t in zip(*folded)))
+            return tuple(keys)
+        return tuple(layer.self_attn.fold_positions(r, self.v) for layer, r in zip(self.layers, keys))
 
-    def read_constants(self, memory: Tensor, memory_time: Tensor) -> Tensor | FoldedRead:
-        """:class:`StepConstants` ``read``: every layer's memory-read keys and values of the slots as
-        reads see them, ``[B, L, M, 2D]``, or with :attr:`folds_read` those folded into the read's
-        projections (:meth:`~.attention.TimeGapCrossAttention.fold_keys`, stacked over layers, dim 1)."""
+    def read_constants(self, memory: Tensor, memory_time: Tensor) -> tuple[Tensor | FoldedRead, ...]:
+        """:class:`StepConstants` ``read``, per layer: the memory read's keys and values of the slots
+        as reads see them, ``[B, M, 2D]``, or with :attr:`folds_read` those folded into the read's
+        projections (:meth:`~.attention.TimeGapCrossAttention.fold_keys`)."""
         seen = self.memory_view(memory, memory_time)  # [B, L, M, D]
         kv = [layer.read.kv(seen[:, i]) for i, layer in enumerate(self.layers)]
         if not self.folds_read:
-            return torch.stack(kv, 1)
-        folded = [layer.read.fold_keys(t) for layer, t in zip(self.layers, kv)]
-        return FoldedRead(*(torch.stack(t, 1) for t in zip(*folded)))
+            return tuple(kv)
+        return tuple(layer.read.fold_keys(t) for layer, t in zip(self.layers, kv))
 
     def _token_path(self, x: Tensor, memory: Tensor, memory_time: Tensor, cache: Tensor, step: Tensor,
                     p: Tensor, constants: StepConstants | None = None) -> tuple[Tensor, Tensor]:
@@ -321,10 +310,10 @@ class ELMURBackbone(Stepping, nn.Module):
         gap = (step + 1)[:, None, None] - memory_time  # [B, L, M]: this token's stamp - each slot's, for the reads
         entries = []  # per layer: this token's key, value, output [B, D]
         for i, layer in enumerate(self.layers):
-            qkv, pos, r = layer.project_step(h, layer_constants(positions, i, batched=False))  # ([B, D],) * 3, [B, H, K]
+            qkv, pos, r = layer.project_step(h, None if positions is None else positions[i])  # ([B, D],) * 3, [B, H, K]
             h = layer.token_step(h, qkv, layer_cache(cache, i, CACHE_KEY), layer_cache(cache, i, CACHE_VALUE),
                                  distance, unseen, self.u, self.v, None if seen is None else seen[:, i], gap[:, i], position_mask,
-                                 r, layer_constants(read, i, batched=True), pos)
+                                 r, None if read is None else read[i], pos)
             entries += [qkv[1], qkv[2], h]
         entry = torch.stack(entries, 1).view(B, L, 3, H, -1).permute(0, 3, 1, 2, 4)  # [B, H, L, 3, d]
         return self.final_norm(h), entry

@@ -218,8 +218,9 @@ class SegmentCache:
             if any_unread:
                 rows = unread.nonzero().squeeze(-1)
                 fresh_rows = backbone.read_constants(state.memory[rows], state.memory_time[rows])
-                for kept_t, fresh_t in zip(_tensors(read), _tensors(fresh_rows)):  # kv, or the folded pair
-                    kept_t[rows] = fresh_t
+                for kept_layer, fresh_layer in zip(read, fresh_rows):  # per layer: kv, or the folded pair
+                    for kept_t, fresh_t in zip(_tensors(kept_layer), _tensors(fresh_layer)):
+                        kept_t[rows] = fresh_t
         return cache, StepConstants(positions, read), weights, mode
 
     def remember(self, cache: Tensor, next_state: ELMURState, weights: Tensor, constants: StepConstants | None,
